@@ -1,0 +1,204 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+)
+
+// maxDumpAttempts bounds retries of netlink dumps that the kernel reports as
+// interrupted (the table changed while it was being dumped).
+const maxDumpAttempts = 5
+
+// dump retries a netlink list call while the kernel reports the dump as
+// interrupted, so callers only ever act on a consistent snapshot.
+func dump[T any](list func() ([]T, error)) ([]T, error) {
+	var (
+		res []T
+		err error
+	)
+	for range maxDumpAttempts {
+		res, err = list()
+		if !errors.Is(err, netlink.ErrDumpInterrupted) {
+			return res, err
+		}
+	}
+	return nil, fmt.Errorf("netlink dump kept being interrupted by concurrent changes: %w", err)
+}
+
+// linkByName returns the named link, or (nil, nil) if there is none.
+func linkByName(h *netlink.Handle, name string) (netlink.Link, error) {
+	l, err := h.LinkByName(name)
+	if err != nil {
+		var nf netlink.LinkNotFoundError
+		if errors.As(err, &nf) {
+			return nil, nil
+		}
+		return nil, fmt.Errorf("look up link %q: %w", name, err)
+	}
+	return l, nil
+}
+
+// deleteLink removes the named link if it exists.
+func deleteLink(h *netlink.Handle, name string) error {
+	l, err := linkByName(h, name)
+	if err != nil || l == nil {
+		return err
+	}
+	if err := h.LinkDel(l); err != nil && !errors.Is(err, unix.ENODEV) {
+		return fmt.Errorf("delete link %q: %w", name, err)
+	}
+	return nil
+}
+
+func setUp(h *netlink.Handle, l netlink.Link) error {
+	if l.Attrs().Flags&net.FlagUp != 0 {
+		return nil
+	}
+	if err := h.LinkSetUp(l); err != nil {
+		return fmt.Errorf("set link %q up: %w", l.Attrs().Name, err)
+	}
+	return nil
+}
+
+func setMTU(h *netlink.Handle, l netlink.Link, mtu int) error {
+	if mtu == 0 || l.Attrs().MTU == mtu {
+		return nil
+	}
+	if err := h.LinkSetMTU(l, mtu); err != nil {
+		return fmt.Errorf("set MTU %d on %q: %w", mtu, l.Attrs().Name, err)
+	}
+	return nil
+}
+
+func setMaster(h *netlink.Handle, l netlink.Link, master netlink.Link) error {
+	if l.Attrs().MasterIndex == master.Attrs().Index {
+		return nil
+	}
+	if err := h.LinkSetMasterByIndex(l, master.Attrs().Index); err != nil {
+		return fmt.Errorf("attach %q to bridge %q: %w", l.Attrs().Name, master.Attrs().Name, err)
+	}
+	return nil
+}
+
+// ensureBridge makes sure a bridge called name exists, with mtu (0 = leave as
+// is), and up. created reports whether this call made it.
+func ensureBridge(h *netlink.Handle, name string, mtu int) (br netlink.Link, created bool, err error) {
+	l, err := linkByName(h, name)
+	if err != nil {
+		return nil, false, err
+	}
+	if l != nil {
+		if _, ok := l.(*netlink.Bridge); !ok {
+			return nil, false, fmt.Errorf("link %q exists but is a %s, not a bridge; delete it and retry", name, l.Type())
+		}
+	} else {
+		attrs := netlink.NewLinkAttrs()
+		attrs.Name = name
+		attrs.MTU = mtu
+		if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
+			return nil, false, fmt.Errorf("create bridge %q: %w", name, err)
+		}
+		created = true
+		if l, err = h.LinkByName(name); err != nil {
+			return nil, created, fmt.Errorf("look up new bridge %q: %w", name, err)
+		}
+	}
+	if err := setMTU(h, l, mtu); err != nil {
+		return l, created, err
+	}
+	return l, created, setUp(h, l)
+}
+
+// ensureIPv4Addrs makes the link's global IPv4 addresses exactly want (nil =
+// none). Other families and link-local addresses are left alone.
+func ensureIPv4Addrs(h *netlink.Handle, l netlink.Link, want *net.IPNet) error {
+	addrs, err := dump(func() ([]netlink.Addr, error) { return h.AddrList(l, netlink.FAMILY_V4) })
+	if err != nil {
+		return fmt.Errorf("list addresses of %q: %w", l.Attrs().Name, err)
+	}
+	have := false
+	for _, a := range addrs {
+		if want != nil && a.IPNet.IP.Equal(want.IP) && a.IPNet.Mask.String() == want.Mask.String() {
+			have = true
+			continue
+		}
+		if a.IP.IsLinkLocalUnicast() {
+			continue
+		}
+		if err := h.AddrDel(l, &a); err != nil {
+			return fmt.Errorf("remove stale address %s from %q: %w", a.IPNet, l.Attrs().Name, err)
+		}
+	}
+	if want == nil || have {
+		return nil
+	}
+	if err := h.AddrAdd(l, &netlink.Addr{IPNet: want}); err != nil {
+		return fmt.Errorf("add address %s to %q: %w", want, l.Attrs().Name, err)
+	}
+	return nil
+}
+
+// vxlanConfig is what identifies a VXLAN device's tunnel. A device with any of
+// these different must be recreated; the kernel cannot change them in place.
+type vxlanConfig struct {
+	VNI   uint32
+	Port  int
+	Local net.IP
+}
+
+func newVxlan(name string, c vxlanConfig, mtu int) *netlink.Vxlan {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = name
+	attrs.MTU = mtu
+	return &netlink.Vxlan{
+		LinkAttrs: attrs,
+		VxlanId:   int(c.VNI),
+		SrcAddr:   c.Local.To4(),
+		Port:      c.Port,
+		// Learning off: peers come from gossip as static entries, and a
+		// learned entry would let any sender on the underlay claim a MAC.
+		Learning: false,
+		// Proxy on: ARP for known peers is answered locally from the static
+		// neighbor table instead of being flooded to every VTEP.
+		Proxy: true,
+	}
+}
+
+// vxlanMismatch describes how l differs from c (and the flags we rely on), or
+// returns "" if it matches.
+func vxlanMismatch(l netlink.Link, c vxlanConfig) string {
+	vx, ok := l.(*netlink.Vxlan)
+	if !ok {
+		return fmt.Sprintf("is a %s, not a vxlan device", l.Type())
+	}
+	switch {
+	case uint32(vx.VxlanId) != c.VNI:
+		return fmt.Sprintf("has VNI %d, want %d", vx.VxlanId, c.VNI)
+	case vx.Port != c.Port:
+		return fmt.Sprintf("has UDP port %d, want %d", vx.Port, c.Port)
+	case !vx.SrcAddr.Equal(c.Local):
+		return fmt.Sprintf("has local address %v, want %v", vx.SrcAddr, c.Local)
+	case vx.Learning:
+		return "has learning enabled"
+	case !vx.Proxy:
+		return "has ARP proxy disabled"
+	}
+	return ""
+}
+
+// veth ends need explicit -1 queue lengths: the zero value would ask the
+// kernel for a txqueuelen of 0.
+func newVeth(name, peer string, mac net.HardwareAddr, mtu int, peerNS int) *netlink.Veth {
+	attrs := netlink.NewLinkAttrs()
+	attrs.Name = name
+	attrs.MTU = mtu
+	attrs.HardwareAddr = mac
+	v := netlink.NewVeth(attrs)
+	v.PeerName = peer
+	v.PeerNamespace = netlink.NsFd(peerNS)
+	return v
+}

@@ -1,0 +1,136 @@
+package kernel
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"runtime"
+
+	"github.com/vishvananda/netns"
+	"golang.org/x/sys/unix"
+)
+
+// Namespaces are pinned by bind-mounting a thread's /proc/thread-self/ns/net
+// onto a plain file, the same trick `ip netns add` uses. The pin keeps the
+// namespace alive after every process inside it is gone, so overlay networks
+// outlive plugin restarts and can be re-adopted.
+
+// Do runs fn with the calling goroutine's work moved into the network
+// namespace pinned at nsPath. fn runs on a dedicated, locked OS thread; the
+// caller's thread never changes namespace. Goroutines started by fn do not
+// inherit the namespace. If switching back fails, the thread is left locked so
+// the Go runtime destroys it instead of reusing a thread in a foreign namespace.
+func Do(nsPath string, fn func() error) error {
+	target, err := netns.GetFromPath(nsPath)
+	if err != nil {
+		return fmt.Errorf("open network namespace %s: %w", nsPath, err)
+	}
+	defer target.Close()
+
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := netns.Set(target); err != nil {
+			// setns failed, so the thread is still where it was.
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("enter network namespace %s: %w", nsPath, err)
+			return
+		}
+		fnErr := fn()
+		if err := netns.Set(orig); err != nil {
+			// Deliberately no UnlockOSThread: the thread dies with this goroutine.
+			errc <- errors.Join(fnErr, fmt.Errorf("restore network namespace after %s: %w", nsPath, err))
+			return
+		}
+		runtime.UnlockOSThread()
+		errc <- fnErr
+	}()
+	return <-errc
+}
+
+// CreatePinned creates a new, empty network namespace and pins it at path.
+// The parent directory is created if needed. It fails if path already holds a
+// live namespace; a stale file (not an nsfs mount) at path is replaced.
+func CreatePinned(path string) error {
+	if IsPinnedNetns(path) {
+		return fmt.Errorf("create network namespace at %s: %w", path, os.ErrExist)
+	}
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return fmt.Errorf("create namespace pin directory: %w", err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale namespace pin %s: %w", path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return fmt.Errorf("create namespace pin file: %w", err)
+	}
+	f.Close()
+
+	errc := make(chan error, 1)
+	go func() {
+		runtime.LockOSThread()
+		orig, err := netns.Get()
+		if err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("get current network namespace: %w", err)
+			return
+		}
+		defer orig.Close()
+		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
+			runtime.UnlockOSThread()
+			errc <- fmt.Errorf("unshare network namespace: %w", err)
+			return
+		}
+		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
+		mountErr := unix.Mount(src, path, "none", unix.MS_BIND, "")
+		if err := netns.Set(orig); err != nil {
+			// Leave the thread locked so the runtime kills it with this goroutine.
+			errc <- errors.Join(mountErr, fmt.Errorf("restore network namespace: %w", err))
+			return
+		}
+		runtime.UnlockOSThread()
+		if mountErr != nil {
+			mountErr = fmt.Errorf("pin network namespace at %s: %w", path, mountErr)
+		}
+		errc <- mountErr
+	}()
+	if err := <-errc; err != nil {
+		_ = unix.Unmount(path, unix.MNT_DETACH)
+		_ = os.Remove(path)
+		return err
+	}
+	return nil
+}
+
+// Unpin unmounts and removes a namespace pin. The namespace itself is freed by
+// the kernel once nothing else (process, open fd, other mount) refers to it.
+// A missing pin is not an error.
+func Unpin(path string) error {
+	if err := unix.Unmount(path, unix.MNT_DETACH); err != nil &&
+		!errors.Is(err, unix.EINVAL) && !errors.Is(err, unix.ENOENT) {
+		return fmt.Errorf("unmount namespace pin %s: %w", path, err)
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove namespace pin %s: %w", path, err)
+	}
+	return nil
+}
+
+// IsPinnedNetns reports whether path is a live network namespace reference
+// (an nsfs mount or /proc/<pid>/ns/net link), as opposed to a plain file.
+func IsPinnedNetns(path string) bool {
+	var st unix.Statfs_t
+	if err := unix.Statfs(path, &st); err != nil {
+		return false
+	}
+	return st.Type == unix.NSFS_MAGIC
+}
