@@ -1,0 +1,518 @@
+// Package driver implements the libnetwork remote network driver: it turns
+// Docker's CreateNetwork/CreateEndpoint/Join calls into kernel overlays (through
+// a Dataplane) and tells the cluster about them (through Gossip), and it keeps
+// the kernel's neighbor and FDB tables equal to what the cluster knows.
+//
+// Every API call changes three things in order: the cluster (which can refuse,
+// e.g. a conflicting network definition), the kernel, and the store. A failure
+// at any step undoes the earlier ones, so a refused call leaves nothing behind.
+package driver
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/vxovl/vxovl/cluster"
+	"github.com/vxovl/vxovl/driver/kernel"
+	"github.com/vxovl/vxovl/driver/store"
+)
+
+// Dataplane is the kernel work the driver needs; driver/kernel implements it
+// with netlink. Every method is idempotent.
+type Dataplane interface {
+	EnsureNetwork(spec kernel.NetworkSpec) error
+	DeleteNetwork(vni uint32) error
+	Health(spec kernel.NetworkSpec) error
+	Networks() ([]uint32, error)
+	EnsureEndpoint(spec kernel.EndpointSpec) (hostIfName string, err error)
+	DeleteEndpoint(vni uint32, id string) error
+	SyncPeers(vni uint32, peers []kernel.Peer, flood []net.IP) (kernel.SyncResult, error)
+}
+
+// Gossip is the part of the cluster the driver uses.
+type Gossip interface {
+	PublishNetwork(n cluster.Network) error
+	WithdrawNetwork(vni uint32) error
+	PublishEndpoint(ep cluster.Endpoint) error
+	WithdrawEndpoint(vni uint32, id string) error
+	Endpoints(vni uint32) []cluster.Endpoint
+}
+
+// Config is the node-wide configuration of the driver.
+type Config struct {
+	// VTEP is this node's underlay IPv4 address, the source of its VXLAN packets.
+	VTEP net.IP
+	// VXLANPort is the UDP port of every overlay on this node. Default 4789.
+	VXLANPort int
+	// DefaultMTU is used for networks without -o mtu; the plugin sets it to the
+	// underlay interface's MTU minus 50. Default 1450.
+	DefaultMTU int
+	// ReconcileInterval is how often the kernel is checked against the desired
+	// state and repaired. Default 10s.
+	ReconcileInterval time.Duration
+	// RestoreGrace is how long after a restart remote entries remembered in the
+	// store are kept programmed while the cluster catches up, so that running
+	// containers do not lose their neighbors during a plugin restart. Default 30s.
+	RestoreGrace time.Duration
+	Logger       *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.VXLANPort == 0 {
+		c.VXLANPort = 4789
+	}
+	if c.DefaultMTU == 0 {
+		c.DefaultMTU = 1500 - vxlanOverhead
+	}
+	if c.ReconcileInterval == 0 {
+		c.ReconcileInterval = 10 * time.Second
+	}
+	if c.RestoreGrace == 0 {
+		c.RestoreGrace = 30 * time.Second
+	}
+	if c.Logger == nil {
+		c.Logger = slog.Default()
+	}
+}
+
+// Stats are counters an operator can read through the plugin's debug API.
+type Stats struct {
+	DriftRepairs   uint64 // kernel objects or entries found wrong by the reconciler and fixed
+	IPConflicts    uint64 // remote endpoints not programmed because they claim a local endpoint's IP
+	SyncErrors     uint64
+	Reconciles     uint64
+	LastReconcile  time.Time
+	Networks       int
+	LocalEndpoints int
+}
+
+// Driver implements network.Driver.
+type Driver struct {
+	cfg   Config
+	log   *slog.Logger
+	dp    Dataplane
+	store *store.Store
+
+	mu       sync.Mutex // guards everything below and serialises kernel work
+	gossip   Gossip
+	networks map[string]*overlay // by Docker network ID
+	byVNI    map[uint32]*overlay
+	stats    Stats
+	started  time.Time
+
+	dirtyMu sync.Mutex
+	dirty   map[uint32]struct{}
+	kick    chan struct{}
+	onDemand chan chan struct{}
+}
+
+var _ network.Driver = (*Driver)(nil)
+
+type overlay struct {
+	networkRecord
+	subnet    *net.IPNet
+	gateway   *net.IPNet
+	endpoints map[string]*endpoint
+	// restored are remote peers remembered from before a restart, programmed
+	// until RestoreGrace ends.
+	restored []kernel.Peer
+}
+
+type endpoint struct {
+	endpointRecord
+	ip  net.IP
+	mac net.HardwareAddr
+}
+
+// New makes a driver. Call Start before serving the API.
+func New(cfg Config, dp Dataplane, st *store.Store) *Driver {
+	cfg.setDefaults()
+	return &Driver{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		dp:       dp,
+		store:    st,
+		networks: map[string]*overlay{},
+		byVNI:    map[uint32]*overlay{},
+		dirty:    map[uint32]struct{}{},
+		kick:     make(chan struct{}, 1),
+		onDemand: make(chan chan struct{}),
+	}
+}
+
+func (d *Driver) spec(o *overlay) kernel.NetworkSpec {
+	return kernel.NetworkSpec{VNI: o.VNI, Gateway: o.gateway, MTU: o.MTU, VTEP: d.cfg.VTEP, Port: d.cfg.VXLANPort}
+}
+
+// GetCapabilities: the driver keeps its state per host (local scope) but its
+// networks span hosts (global connectivity), like the native overlay.
+func (d *Driver) GetCapabilities() (*network.CapabilitiesResponse, error) {
+	return &network.CapabilitiesResponse{Scope: network.LocalScope, ConnectivityScope: network.GlobalScope}, nil
+}
+
+// CreateNetwork builds the overlay namespace, bridge and VXLAN device.
+func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
+	if req.NetworkID == "" {
+		return errors.New("CreateNetwork: empty NetworkID")
+	}
+	opts, err := parseNetworkOptions(req.Options)
+	if err != nil {
+		return err
+	}
+	pool, err := parsePools(req.IPv4Data, req.IPv6Data)
+	if err != nil {
+		return err
+	}
+	o := &overlay{
+		networkRecord: networkRecord{
+			ID: req.NetworkID, VNI: opts.VNI, Subnet: pool.Subnet.String(),
+			MTU: opts.MTU, Flood: opts.Flood, Internal: opts.Internal,
+		},
+		subnet:    pool.Subnet,
+		gateway:   pool.Gateway,
+		endpoints: map[string]*endpoint{},
+	}
+	if pool.Gateway != nil {
+		o.Gateway = pool.Gateway.String()
+	}
+	if o.VNI == 0 {
+		o.VNI = DeriveVNI(pool.Subnet)
+	}
+	if o.MTU == 0 {
+		o.MTU = d.cfg.DefaultMTU
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if old, ok := d.networks[req.NetworkID]; ok {
+		if old.networkRecord == o.networkRecord {
+			return nil // Docker retried; the network is already there
+		}
+		return fmt.Errorf("network %s already exists with other settings", short(req.NetworkID))
+	}
+	if other, ok := d.byVNI[o.VNI]; ok {
+		return fmt.Errorf("VNI %d is already used by network %s (subnet %s) on this host: "+
+			"pass a different -o vni=N (1-%d) to one of them", o.VNI, short(other.ID), other.Subnet, MaxVNI)
+	}
+	if err := d.gossip.PublishNetwork(cluster.Network{VNI: o.VNI, Subnet: o.Subnet, MTU: o.MTU}); err != nil {
+		return fmt.Errorf("network with VNI %d: %w", o.VNI, err)
+	}
+	if err := d.dp.EnsureNetwork(d.spec(o)); err != nil {
+		d.undo("withdraw network", d.gossip.WithdrawNetwork(o.VNI))
+		d.undo("delete network", d.dp.DeleteNetwork(o.VNI))
+		return fmt.Errorf("building overlay for VNI %d: %w", o.VNI, err)
+	}
+	if err := d.store.Put(bucketNetworks, o.ID, o.networkRecord); err != nil {
+		d.undo("withdraw network", d.gossip.WithdrawNetwork(o.VNI))
+		d.undo("delete network", d.dp.DeleteNetwork(o.VNI))
+		return err
+	}
+	d.networks[o.ID] = o
+	d.byVNI[o.VNI] = o
+	d.log.Info("network created", "network", short(o.ID), "vni", o.VNI, "subnet", o.Subnet, "mtu", o.MTU, "flood", o.Flood)
+	// Peers may already have endpoints in this overlay: program them now.
+	d.markDirty(o.VNI)
+	return nil
+}
+
+// undo logs a failed rollback step; the original error is what the caller
+// returns, and the reconciler will retry the cleanup.
+func (d *Driver) undo(what string, err error) {
+	if err != nil {
+		d.log.Error("rollback step failed; the reconciler will retry", "step", what, "err", err)
+	}
+}
+
+// DeleteNetwork removes everything CreateNetwork made.
+func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o, ok := d.networks[req.NetworkID]
+	if !ok {
+		return fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
+	}
+	for id := range o.endpoints {
+		if err := d.deleteEndpointLocked(o, id); err != nil {
+			return err
+		}
+	}
+	if err := d.dp.DeleteNetwork(o.VNI); err != nil {
+		return fmt.Errorf("removing overlay for VNI %d: %w", o.VNI, err)
+	}
+	d.undo("withdraw network", d.gossip.WithdrawNetwork(o.VNI))
+	if err := d.store.Delete(bucketNetworks, o.ID); err != nil {
+		return err
+	}
+	if err := d.store.Delete(bucketPeers, vniKey(o.VNI)); err != nil {
+		return err
+	}
+	delete(d.networks, o.ID)
+	delete(d.byVNI, o.VNI)
+	d.log.Info("network deleted", "network", short(o.ID), "vni", o.VNI)
+	return nil
+}
+
+// AllocateNetwork is only called in swarm mode, which vxovl does not need.
+func (d *Driver) AllocateNetwork(*network.AllocateNetworkRequest) (*network.AllocateNetworkResponse, error) {
+	return &network.AllocateNetworkResponse{Options: map[string]string{}}, nil
+}
+
+// FreeNetwork is only called in swarm mode.
+func (d *Driver) FreeNetwork(*network.FreeNetworkRequest) error { return nil }
+
+// CreateEndpoint records the endpoint's address and MAC and announces it to
+// the cluster at once, so remote hosts are programmed before the container runs.
+func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.CreateEndpointResponse, error) {
+	if req.EndpointID == "" {
+		return nil, errors.New("CreateEndpoint: empty EndpointID")
+	}
+	if req.Interface == nil || req.Interface.Address == "" {
+		return nil, errors.New("endpoint has no IPv4 address: vxovl needs Docker's IPAM (or vxovl's) to assign one")
+	}
+	if req.Interface.AddressIPv6 != "" {
+		return nil, errors.New("IPv6 addresses are not supported by vxovl yet")
+	}
+	ip, ipnet, err := net.ParseCIDR(req.Interface.Address)
+	if err != nil || ip.To4() == nil {
+		return nil, fmt.Errorf("bad endpoint address %q: want an IPv4 CIDR", req.Interface.Address)
+	}
+	ip = ip.To4()
+	resp := &network.CreateEndpointResponse{}
+	var mac net.HardwareAddr
+	if req.Interface.MacAddress != "" {
+		mac, err = net.ParseMAC(req.Interface.MacAddress)
+		if err != nil || len(mac) != 6 || mac[0]&1 == 1 {
+			return nil, fmt.Errorf("bad MAC address %q: want a unicast 6-byte MAC", req.Interface.MacAddress)
+		}
+	} else {
+		mac = endpointMAC(req.EndpointID)
+		// Docker rejects a response that overwrites a field it set: return
+		// only what it left empty.
+		resp.Interface = &network.EndpointInterface{MacAddress: mac.String()}
+	}
+
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o, ok := d.networks[req.NetworkID]
+	if !ok {
+		return nil, fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
+	}
+	if !o.subnet.Contains(ip) || ipnet.Mask.String() != o.subnet.Mask.String() {
+		return nil, fmt.Errorf("address %s is not in the network's subnet %s", req.Interface.Address, o.Subnet)
+	}
+	if old, ok := o.endpoints[req.EndpointID]; ok {
+		if old.ip.Equal(ip) && old.mac.String() == mac.String() {
+			return resp, nil
+		}
+		return nil, fmt.Errorf("endpoint %s already exists with another address", short(req.EndpointID))
+	}
+	for _, other := range o.endpoints {
+		if other.ip.Equal(ip) {
+			return nil, fmt.Errorf("address %s is already used by endpoint %s on this host", ip, short(other.ID))
+		}
+	}
+	ep := &endpoint{
+		endpointRecord: endpointRecord{ID: req.EndpointID, NetworkID: o.ID, Address: req.Interface.Address, MAC: mac.String()},
+		ip:             ip,
+		mac:            mac,
+	}
+	if err := d.store.Put(bucketEndpoints, ep.ID, ep.endpointRecord); err != nil {
+		return nil, err
+	}
+	if err := d.gossip.PublishEndpoint(cluster.Endpoint{VNI: o.VNI, ID: ep.ID, IP: ip, MAC: mac}); err != nil {
+		d.undo("forget endpoint", d.store.Delete(bucketEndpoints, ep.ID))
+		return nil, fmt.Errorf("announcing endpoint to the cluster: %w", err)
+	}
+	o.endpoints[ep.ID] = ep
+	d.log.Info("endpoint created", "network", short(o.ID), "vni", o.VNI, "endpoint", short(ep.ID), "ip", ip, "mac", mac)
+	// A remote endpoint claiming this IP must now be unprogrammed.
+	d.markDirty(o.VNI)
+	return resp, nil
+}
+
+// endpointMAC derives a stable, locally administered unicast MAC from the
+// endpoint ID. Unlike Docker's IP-derived MACs, it differs when an IP moves to
+// another container, so an old host's FDB entry can never match the new one.
+func endpointMAC(endpointID string) net.HardwareAddr {
+	sum := sha256.Sum256([]byte("vxovl/mac/" + endpointID))
+	mac := net.HardwareAddr(append([]byte{0x02}, sum[:5]...))
+	return mac
+}
+
+// DeleteEndpoint withdraws the endpoint from the cluster and removes its veth.
+func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o, ok := d.networks[req.NetworkID]
+	if !ok {
+		return fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
+	}
+	if _, ok := o.endpoints[req.EndpointID]; !ok {
+		return fmt.Errorf("endpoint %s is not known in network %s", short(req.EndpointID), short(req.NetworkID))
+	}
+	return d.deleteEndpointLocked(o, req.EndpointID)
+}
+
+func (d *Driver) deleteEndpointLocked(o *overlay, id string) error {
+	if err := d.dp.DeleteEndpoint(o.VNI, id); err != nil {
+		return fmt.Errorf("removing veth of endpoint %s: %w", short(id), err)
+	}
+	d.undo("withdraw endpoint", d.gossip.WithdrawEndpoint(o.VNI, id))
+	if err := d.store.Delete(bucketEndpoints, id); err != nil {
+		return err
+	}
+	delete(o.endpoints, id)
+	d.log.Info("endpoint deleted", "network", short(o.ID), "vni", o.VNI, "endpoint", short(id))
+	d.markDirty(o.VNI)
+	return nil
+}
+
+// EndpointInfo reports where the endpoint lives, for `docker network inspect`.
+func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o, ok := d.networks[req.NetworkID]
+	if !ok {
+		return nil, fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
+	}
+	ep, ok := o.endpoints[req.EndpointID]
+	if !ok {
+		return nil, fmt.Errorf("endpoint %s is not known in network %s", short(req.EndpointID), short(req.NetworkID))
+	}
+	return &network.InfoResponse{Value: map[string]string{
+		"vxovl.vni":  fmt.Sprint(o.VNI),
+		"vxovl.vtep": d.cfg.VTEP.String(),
+		"vxovl.mac":  ep.MAC,
+	}}, nil
+}
+
+// Join makes the veth pair whose container end Docker moves into the sandbox.
+func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o, ok := d.networks[req.NetworkID]
+	if !ok {
+		return nil, fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
+	}
+	ep, ok := o.endpoints[req.EndpointID]
+	if !ok {
+		return nil, fmt.Errorf("endpoint %s is not known in network %s", short(req.EndpointID), short(req.NetworkID))
+	}
+	name, err := d.dp.EnsureEndpoint(kernel.EndpointSpec{VNI: o.VNI, ID: ep.ID, MAC: ep.mac, MTU: o.MTU})
+	if err != nil {
+		d.undo("delete veth", d.dp.DeleteEndpoint(o.VNI, ep.ID))
+		return nil, fmt.Errorf("making veth for endpoint %s: %w", short(ep.ID), err)
+	}
+	rec := ep.endpointRecord
+	rec.Joined = true
+	if err := d.store.Put(bucketEndpoints, ep.ID, rec); err != nil {
+		d.undo("delete veth", d.dp.DeleteEndpoint(o.VNI, ep.ID))
+		return nil, err
+	}
+	ep.endpointRecord = rec
+	return &network.JoinResponse{
+		InterfaceName: network.InterfaceName{SrcName: name, DstPrefix: "eth"},
+		// No Gateway: Docker then adds its docker_gwbridge for egress, as with
+		// the native overlay. Internal networks get no egress at all.
+		DisableGatewayService: o.Internal,
+	}, nil
+}
+
+// Leave removes the veth pair; the endpoint stays announced until DeleteEndpoint.
+func (d *Driver) Leave(req *network.LeaveRequest) error {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	o, ok := d.networks[req.NetworkID]
+	if !ok {
+		return fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
+	}
+	ep, ok := o.endpoints[req.EndpointID]
+	if !ok {
+		return fmt.Errorf("endpoint %s is not known in network %s", short(req.EndpointID), short(req.NetworkID))
+	}
+	if err := d.dp.DeleteEndpoint(o.VNI, ep.ID); err != nil {
+		return fmt.Errorf("removing veth of endpoint %s: %w", short(ep.ID), err)
+	}
+	rec := ep.endpointRecord
+	rec.Joined = false
+	if err := d.store.Put(bucketEndpoints, ep.ID, rec); err != nil {
+		return err
+	}
+	ep.endpointRecord = rec
+	return nil
+}
+
+func (d *Driver) DiscoverNew(*network.DiscoveryNotification) error    { return nil }
+func (d *Driver) DiscoverDelete(*network.DiscoveryNotification) error { return nil }
+func (d *Driver) ProgramExternalConnectivity(*network.ProgramExternalConnectivityRequest) error {
+	return nil
+}
+func (d *Driver) RevokeExternalConnectivity(*network.RevokeExternalConnectivityRequest) error {
+	return nil
+}
+
+// Stats returns a copy of the driver's counters.
+func (d *Driver) Stats() Stats {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	s := d.stats
+	s.Networks = len(d.networks)
+	for _, o := range d.networks {
+		s.LocalEndpoints += len(o.endpoints)
+	}
+	return s
+}
+
+// desiredPeers is what vni's static tables should hold: every remote endpoint
+// the cluster knows, minus any that claims a local endpoint's address (never
+// silently programmed: counted and logged), plus, during the restore grace
+// period, what was programmed before the restart.
+func (d *Driver) desiredPeers(o *overlay) (peers []kernel.Peer, flood []net.IP) {
+	local := map[string]string{}
+	for _, ep := range o.endpoints {
+		local[ep.ip.String()] = ep.ID
+	}
+	byIP := map[string]kernel.Peer{}
+	for _, p := range o.restored {
+		byIP[p.IP.String()] = p
+	}
+	for _, rep := range d.gossip.Endpoints(o.VNI) {
+		if id, clash := local[rep.IP.String()]; clash {
+			d.stats.IPConflicts++
+			d.log.Error("address conflict: a remote endpoint claims the address of a local one; not programming it",
+				"vni", o.VNI, "ip", rep.IP, "local_endpoint", short(id), "remote_node", rep.Node, "remote_endpoint", short(rep.ID))
+			continue
+		}
+		byIP[rep.IP.String()] = kernel.Peer{IP: rep.IP, MAC: rep.MAC, VTEP: rep.VTEP}
+	}
+	vteps := map[string]net.IP{}
+	for _, p := range byIP {
+		peers = append(peers, p)
+		vteps[p.VTEP.String()] = p.VTEP
+	}
+	sort.Slice(peers, func(i, j int) bool { return ipLess(peers[i].IP, peers[j].IP) })
+	if o.Flood {
+		for _, v := range vteps {
+			flood = append(flood, v)
+		}
+		sort.Slice(flood, func(i, j int) bool { return ipLess(flood[i], flood[j]) })
+	}
+	return peers, flood
+}
+
+func ipLess(a, b net.IP) bool { return string(a.To16()) < string(b.To16()) }
+
+func short(id string) string {
+	if len(id) > 12 {
+		return id[:12]
+	}
+	return id
+}

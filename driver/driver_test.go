@@ -1,0 +1,433 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/vxovl/vxovl/cluster"
+	"github.com/vxovl/vxovl/driver/store"
+)
+
+const (
+	netID = "n1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	epID  = "e1bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+	epID2 = "e2cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+)
+
+type harness struct {
+	t     *testing.T
+	drv   *Driver
+	dp    *fakeDataplane
+	g     *fakeGossip
+	st    *store.Store
+	path  string
+	stop  context.CancelFunc
+}
+
+func newHarness(t *testing.T) *harness {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "state.db")
+	return startHarness(t, path, newFakeDataplane(), Config{})
+}
+
+func startHarness(t *testing.T, path string, dp *fakeDataplane, cfg Config) *harness {
+	t.Helper()
+	st, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.VTEP = net.ParseIP("10.98.0.1").To4()
+	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if cfg.ReconcileInterval == 0 {
+		cfg.ReconcileInterval = time.Hour
+	}
+	h := &harness{t: t, dp: dp, g: newFakeGossip(), st: st, path: path}
+	h.drv = New(cfg, dp, st)
+	ctx, cancel := context.WithCancel(context.Background())
+	h.stop = func() { cancel(); st.Close() }
+	if err := h.drv.Start(ctx, h.g); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cancel(); st.Close() })
+	return h
+}
+
+func createReq(opts map[string]interface{}, pool, gw string) *network.CreateNetworkRequest {
+	return &network.CreateNetworkRequest{
+		NetworkID: netID,
+		Options:   map[string]interface{}{genericOptionsKey: opts},
+		IPv4Data:  []*network.IPAMData{{AddressSpace: "x", Pool: pool, Gateway: gw}},
+	}
+}
+
+func (h *harness) createNetwork(opts map[string]interface{}) {
+	h.t.Helper()
+	if err := h.drv.CreateNetwork(createReq(opts, "10.10.0.0/24", "10.10.0.1/24")); err != nil {
+		h.t.Fatal(err)
+	}
+}
+
+func (h *harness) createEndpoint(id, addr string) *network.CreateEndpointResponse {
+	h.t.Helper()
+	resp, err := h.drv.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: netID, EndpointID: id,
+		Interface: &network.EndpointInterface{Address: addr}})
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return resp
+}
+
+// waitFor polls cond until it holds or a bounded deadline passes.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func TestParseNetworkOptions(t *testing.T) {
+	good := map[string]interface{}{"vni": "42", "mtu": "1400", "flood": "true", "com.docker.network.enable_ipv6": "false"}
+	o, err := parseNetworkOptions(map[string]interface{}{genericOptionsKey: good, internalOptionKey: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := (networkOptions{VNI: 42, MTU: 1400, Flood: true, Internal: true}); o != want {
+		t.Fatalf("got %+v want %+v", o, want)
+	}
+	bad := []map[string]interface{}{
+		{"vni": "abc"}, {"vni": "0"}, {"vni": "16777216"}, {"vni": "-1"}, {"vni": "1.5"},
+		{"mtu": "abc"}, {"mtu": "100"}, {"mtu": "100000"},
+		{"flood": "maybe"}, {"colour": "blue"},
+	}
+	for _, b := range bad {
+		if _, err := parseNetworkOptions(map[string]interface{}{genericOptionsKey: b}); err == nil {
+			t.Errorf("options %v: no error", b)
+		}
+	}
+	if _, err := parseNetworkOptions(map[string]interface{}{genericOptionsKey: "not a map"}); err == nil {
+		t.Error("non-object generic options: no error")
+	}
+}
+
+func TestDeriveVNIIsStableAndInRange(t *testing.T) {
+	_, a, _ := net.ParseCIDR("10.10.0.0/24")
+	_, b, _ := net.ParseCIDR("10.10.0.0/24")
+	_, c, _ := net.ParseCIDR("10.10.1.0/24")
+	if DeriveVNI(a) != DeriveVNI(b) {
+		t.Fatal("same subnet, different VNI")
+	}
+	if DeriveVNI(a) == DeriveVNI(c) {
+		t.Fatal("neighbouring subnets collide")
+	}
+	for _, n := range []*net.IPNet{a, c} {
+		if v := DeriveVNI(n); v < 1 || v > MaxVNI {
+			t.Fatalf("VNI %d out of range", v)
+		}
+	}
+}
+
+func TestCreateNetworkBuildsOverlay(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(map[string]interface{}{"vni": "42"})
+	spec, ok := h.dp.networks[42]
+	if !ok {
+		t.Fatal("no overlay built")
+	}
+	if spec.MTU != 1450 || spec.Port != 4789 || spec.Gateway.String() != "10.10.0.1/24" || !spec.VTEP.Equal(net.ParseIP("10.98.0.1")) {
+		t.Fatalf("spec = %+v", spec)
+	}
+	if h.g.networks[42].Subnet != "10.10.0.0/24" {
+		t.Fatalf("network not published: %+v", h.g.networks)
+	}
+	// Docker retrying the same call is harmless.
+	if err := h.drv.CreateNetwork(createReq(map[string]interface{}{"vni": "42"}, "10.10.0.0/24", "10.10.0.1/24")); err != nil {
+		t.Fatalf("repeated CreateNetwork: %v", err)
+	}
+}
+
+func TestCreateNetworkBadInputChangesNothing(t *testing.T) {
+	h := newHarness(t)
+	cases := map[string]*network.CreateNetworkRequest{
+		"ipv6": {NetworkID: netID, IPv4Data: []*network.IPAMData{{Pool: "10.1.0.0/24"}},
+			IPv6Data: []*network.IPAMData{{Pool: "fd00::/64"}}},
+		"no pool":       {NetworkID: netID},
+		"two pools":     {NetworkID: netID, IPv4Data: []*network.IPAMData{{Pool: "10.1.0.0/24"}, {Pool: "10.2.0.0/24"}}},
+		"bad pool":      {NetworkID: netID, IPv4Data: []*network.IPAMData{{Pool: "10.1.0.0/33"}}},
+		"v6 pool as v4": {NetworkID: netID, IPv4Data: []*network.IPAMData{{Pool: "fd00::/64"}}},
+		"gw outside":    {NetworkID: netID, IPv4Data: []*network.IPAMData{{Pool: "10.1.0.0/24", Gateway: "10.2.0.1/24"}}},
+		"bad vni":       createReq(map[string]interface{}{"vni": "x"}, "10.1.0.0/24", ""),
+		"bad mtu":       createReq(map[string]interface{}{"mtu": "70000"}, "10.1.0.0/24", ""),
+		"no id":         {IPv4Data: []*network.IPAMData{{Pool: "10.1.0.0/24"}}},
+		"nil pool":      {NetworkID: netID, IPv4Data: []*network.IPAMData{nil}},
+	}
+	for name, req := range cases {
+		if err := h.drv.CreateNetwork(req); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	if len(h.dp.networks) != 0 || len(h.g.networks) != 0 {
+		t.Fatalf("bad input left state: %v %v", h.dp.networks, h.g.networks)
+	}
+	if nets, _ := store.ListJSON[networkRecord](h.st, bucketNetworks); len(nets) != 0 {
+		t.Fatalf("bad input stored: %v", nets)
+	}
+}
+
+func TestDuplicateVNIIsRefused(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(map[string]interface{}{"vni": "7"})
+	req := createReq(map[string]interface{}{"vni": "7"}, "10.20.0.0/24", "")
+	req.NetworkID = "other"
+	err := h.drv.CreateNetwork(req)
+	if err == nil || !strings.Contains(err.Error(), "VNI 7 is already used") {
+		t.Fatalf("duplicate VNI: %v", err)
+	}
+	if len(h.dp.networks) != 1 {
+		t.Fatal("second network built")
+	}
+}
+
+func TestClusterConflictBuildsNothing(t *testing.T) {
+	h := newHarness(t)
+	h.g.conflicts[9] = errors.New("node b defines VNI 9 as 10.9.0.0/24 mtu 1450")
+	err := h.drv.CreateNetwork(createReq(map[string]interface{}{"vni": "9"}, "10.10.0.0/24", ""))
+	if err == nil || !strings.Contains(err.Error(), "node b") {
+		t.Fatalf("conflict: %v", err)
+	}
+	if len(h.dp.networks) != 0 {
+		t.Fatal("overlay built despite conflict")
+	}
+}
+
+func TestKernelFailureRollsBack(t *testing.T) {
+	h := newHarness(t)
+	h.dp.failNext["EnsureNetwork"] = errors.New("netlink: operation not permitted")
+	if err := h.drv.CreateNetwork(createReq(map[string]interface{}{"vni": "5"}, "10.10.0.0/24", "")); err == nil {
+		t.Fatal("no error")
+	}
+	if len(h.dp.networks) != 0 || len(h.g.networks) != 0 {
+		t.Fatalf("not rolled back: %v %v", h.dp.networks, h.g.networks)
+	}
+	// And the same request works afterwards.
+	h.createNetwork(map[string]interface{}{"vni": "5"})
+}
+
+func TestEndpointLifecycle(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(map[string]interface{}{"vni": "42"})
+	resp := h.createEndpoint(epID, "10.10.0.2/24")
+	if resp.Interface == nil || resp.Interface.MacAddress == "" || resp.Interface.Address != "" {
+		t.Fatalf("want only a generated MAC back, got %+v", resp.Interface)
+	}
+	mac, _ := net.ParseMAC(resp.Interface.MacAddress)
+	if mac[0]&2 == 0 || mac[0]&1 == 1 {
+		t.Fatalf("MAC %s is not locally administered unicast", mac)
+	}
+	if endpointMAC(epID).String() != mac.String() {
+		t.Fatal("MAC is not stable")
+	}
+	if h.g.local[epID].IP.String() != "10.10.0.2" {
+		t.Fatal("endpoint not announced at CreateEndpoint")
+	}
+	// A MAC given by Docker is kept and not echoed back.
+	resp2, err := h.drv.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: netID, EndpointID: epID2,
+		Interface: &network.EndpointInterface{Address: "10.10.0.3/24", MacAddress: "02:11:22:33:44:55"}})
+	if err != nil || resp2.Interface != nil {
+		t.Fatalf("given MAC: %+v %v", resp2, err)
+	}
+
+	join, err := h.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: epID, SandboxKey: "/var/run/docker/netns/x"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if join.InterfaceName.DstPrefix != "eth" || join.InterfaceName.SrcName == "" || join.Gateway != "" || join.DisableGatewayService {
+		t.Fatalf("join = %+v", join)
+	}
+	if _, ok := h.dp.endpoints[epID]; !ok {
+		t.Fatal("no veth")
+	}
+	if err := h.drv.Leave(&network.LeaveRequest{NetworkID: netID, EndpointID: epID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.dp.endpoints[epID]; ok {
+		t.Fatal("veth left after Leave")
+	}
+	if err := h.drv.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: netID, EndpointID: epID}); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := h.g.local[epID]; ok {
+		t.Fatal("endpoint still announced")
+	}
+	if err := h.drv.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: netID}); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.dp.networks)+len(h.dp.endpoints)+len(h.g.local)+len(h.g.networks) != 0 {
+		t.Fatalf("leftovers: %v %v %v %v", h.dp.networks, h.dp.endpoints, h.g.local, h.g.networks)
+	}
+}
+
+func TestInternalNetworkDisablesGatewayService(t *testing.T) {
+	h := newHarness(t)
+	req := createReq(nil, "10.10.0.0/24", "")
+	req.Options[internalOptionKey] = true
+	if err := h.drv.CreateNetwork(req); err != nil {
+		t.Fatal(err)
+	}
+	h.createEndpoint(epID, "10.10.0.2/24")
+	join, err := h.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: epID})
+	if err != nil || !join.DisableGatewayService {
+		t.Fatalf("internal join = %+v, %v", join, err)
+	}
+}
+
+func TestEndpointBadInput(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(nil)
+	bad := map[string]*network.CreateEndpointRequest{
+		"unknown network": {NetworkID: "nope", EndpointID: epID, Interface: &network.EndpointInterface{Address: "10.10.0.2/24"}},
+		"no interface":    {NetworkID: netID, EndpointID: epID},
+		"no id":           {NetworkID: netID, Interface: &network.EndpointInterface{Address: "10.10.0.2/24"}},
+		"outside subnet":  {NetworkID: netID, EndpointID: epID, Interface: &network.EndpointInterface{Address: "10.11.0.2/24"}},
+		"garbage address": {NetworkID: netID, EndpointID: epID, Interface: &network.EndpointInterface{Address: "banana"}},
+		"ipv6":            {NetworkID: netID, EndpointID: epID, Interface: &network.EndpointInterface{Address: "10.10.0.2/24", AddressIPv6: "fd00::2/64"}},
+		"multicast mac":   {NetworkID: netID, EndpointID: epID, Interface: &network.EndpointInterface{Address: "10.10.0.2/24", MacAddress: "01:00:5e:00:00:01"}},
+	}
+	for name, req := range bad {
+		if _, err := h.drv.CreateEndpoint(req); err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	if len(h.g.local) != 0 {
+		t.Fatal("bad endpoint announced")
+	}
+	h.createEndpoint(epID, "10.10.0.2/24")
+	if _, err := h.drv.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: netID, EndpointID: epID2,
+		Interface: &network.EndpointInterface{Address: "10.10.0.2/24"}}); err == nil {
+		t.Error("duplicate local IP accepted")
+	}
+	for name, err := range map[string]error{
+		"join unknown ep":    func() error { _, e := h.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: "x"}); return e }(),
+		"join unknown net":   func() error { _, e := h.drv.Join(&network.JoinRequest{NetworkID: "x", EndpointID: epID}); return e }(),
+		"leave unknown":      h.drv.Leave(&network.LeaveRequest{NetworkID: netID, EndpointID: "x"}),
+		"delete unknown ep":  h.drv.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: netID, EndpointID: "x"}),
+		"delete unknown net": h.drv.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: "x"}),
+		"info unknown":       func() error { _, e := h.drv.EndpointInfo(&network.InfoRequest{NetworkID: netID, EndpointID: "x"}); return e }(),
+	} {
+		if err == nil {
+			t.Errorf("%s: no error", name)
+		}
+	}
+	h.dp.failNext["EnsureEndpoint"] = errors.New("boom")
+	if _, err := h.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: epID}); err == nil {
+		t.Fatal("join with failing kernel: no error")
+	}
+	if len(h.dp.endpoints) != 0 {
+		t.Fatal("failed join left a veth")
+	}
+}
+
+func TestRemoteEndpointsAreProgrammed(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(map[string]interface{}{"vni": "42", "flood": "true"})
+	h.createEndpoint(epID, "10.10.0.2/24")
+	mac := net.HardwareAddr{2, 0, 0, 0, 0, 9}
+	h.g.setRemote(42,
+		cluster.Endpoint{VNI: 42, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(), MAC: mac, Node: "b", VTEP: net.ParseIP("10.98.0.2").To4()},
+		cluster.Endpoint{VNI: 42, ID: "r2", IP: net.ParseIP("10.10.0.4").To4(), MAC: mac, Node: "c", VTEP: net.ParseIP("10.98.0.3").To4()},
+		// claims the local endpoint's address: must not be programmed
+		cluster.Endpoint{VNI: 42, ID: "r3", IP: net.ParseIP("10.10.0.2").To4(), MAC: mac, Node: "c", VTEP: net.ParseIP("10.98.0.3").To4()},
+	)
+	h.drv.EndpointsChanged(42)
+	want := []string{"10.10.0.3@10.98.0.2", "10.10.0.4@10.98.0.3"}
+	waitFor(t, "peers programmed", func() bool { return reflect.DeepEqual(h.dp.peerIPs(42), want) })
+	if s := h.drv.Stats(); s.IPConflicts == 0 {
+		t.Fatal("conflict not counted")
+	}
+	h.dp.mu.Lock()
+	flood := h.dp.flood[42]
+	h.dp.mu.Unlock()
+	if len(flood) != 2 {
+		t.Fatalf("flood = %v", flood)
+	}
+	h.g.setRemote(42)
+	h.drv.EndpointsChanged(42)
+	waitFor(t, "peers removed", func() bool { return len(h.dp.peerIPs(42)) == 0 })
+}
+
+func TestReconcileRepairsDrift(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(map[string]interface{}{"vni": "42"})
+	h.g.setRemote(42, cluster.Endpoint{VNI: 42, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(),
+		MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: "b", VTEP: net.ParseIP("10.98.0.2").To4()})
+	h.drv.EndpointsChanged(42)
+	waitFor(t, "peer programmed", func() bool { return len(h.dp.peerIPs(42)) == 1 })
+	// Someone deletes the VXLAN device and its entries by hand.
+	h.dp.mu.Lock()
+	h.dp.unhealthy[42] = true
+	h.dp.peers[42] = nil
+	h.dp.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.drv.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if len(h.dp.peerIPs(42)) != 1 || h.dp.unhealthy[42] {
+		t.Fatal("drift not repaired")
+	}
+	if h.drv.Stats().DriftRepairs < 2 {
+		t.Fatalf("repairs not counted: %+v", h.drv.Stats())
+	}
+}
+
+func TestRestartRestoresState(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	dp := newFakeDataplane()
+	h := startHarness(t, path, dp, Config{})
+	h.createNetwork(map[string]interface{}{"vni": "42"})
+	h.createEndpoint(epID, "10.10.0.2/24")
+	if _, err := h.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: epID}); err != nil {
+		t.Fatal(err)
+	}
+	h.g.setRemote(42, cluster.Endpoint{VNI: 42, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(),
+		MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: "b", VTEP: net.ParseIP("10.98.0.2").To4()})
+	h.drv.EndpointsChanged(42)
+	waitFor(t, "peer programmed", func() bool { return len(dp.peerIPs(42)) == 1 })
+	h.stop()
+
+	// A host reboot: the kernel is empty, only the store remains, plus a
+	// leftover namespace of a network that was never stored.
+	dp2 := newFakeDataplane()
+	dp2.networks[777] = dp2.networks[0]
+	h2 := startHarness(t, path, dp2, Config{RestoreGrace: time.Hour})
+	if _, ok := dp2.networks[42]; !ok {
+		t.Fatal("overlay not rebuilt")
+	}
+	if _, ok := dp2.networks[777]; ok {
+		t.Fatal("leftover namespace not removed")
+	}
+	if _, ok := h2.g.local[epID]; !ok {
+		t.Fatal("endpoint not re-announced")
+	}
+	// The cluster knows nothing yet; the remembered peer stays programmed.
+	if got := dp2.peerIPs(42); len(got) != 1 {
+		t.Fatalf("remembered peers not programmed during grace: %v", got)
+	}
+	// The endpoint is still usable: Leave and Delete work after restart.
+	if err := h2.drv.Leave(&network.LeaveRequest{NetworkID: netID, EndpointID: epID}); err != nil {
+		t.Fatal(err)
+	}
+}

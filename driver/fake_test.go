@@ -1,0 +1,191 @@
+package driver
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"sync"
+
+	"github.com/vxovl/vxovl/cluster"
+	"github.com/vxovl/vxovl/driver/kernel"
+)
+
+// fakeDataplane keeps the kernel's state as plain maps, for testing the
+// driver's logic without root. driver/kernel is tested against the real kernel.
+type fakeDataplane struct {
+	mu        sync.Mutex
+	networks  map[uint32]kernel.NetworkSpec
+	endpoints map[string]kernel.EndpointSpec
+	peers     map[uint32][]kernel.Peer
+	flood     map[uint32][]net.IP
+	failNext  map[string]error // method name -> error returned once
+	unhealthy map[uint32]bool
+	syncs     int
+}
+
+func newFakeDataplane() *fakeDataplane {
+	return &fakeDataplane{
+		networks: map[uint32]kernel.NetworkSpec{}, endpoints: map[string]kernel.EndpointSpec{},
+		peers: map[uint32][]kernel.Peer{}, flood: map[uint32][]net.IP{},
+		failNext: map[string]error{}, unhealthy: map[uint32]bool{},
+	}
+}
+
+func (f *fakeDataplane) fail(method string) error {
+	if err, ok := f.failNext[method]; ok {
+		delete(f.failNext, method)
+		return err
+	}
+	return nil
+}
+
+func (f *fakeDataplane) EnsureNetwork(s kernel.NetworkSpec) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail("EnsureNetwork"); err != nil {
+		return err
+	}
+	f.networks[s.VNI] = s
+	delete(f.unhealthy, s.VNI)
+	return nil
+}
+
+func (f *fakeDataplane) DeleteNetwork(vni uint32) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.networks, vni)
+	delete(f.peers, vni)
+	delete(f.flood, vni)
+	for id, e := range f.endpoints {
+		if e.VNI == vni {
+			delete(f.endpoints, id)
+		}
+	}
+	return nil
+}
+
+func (f *fakeDataplane) Health(s kernel.NetworkSpec) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if _, ok := f.networks[s.VNI]; !ok || f.unhealthy[s.VNI] {
+		return errors.New("vxlan0 missing")
+	}
+	return nil
+}
+
+func (f *fakeDataplane) Networks() ([]uint32, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []uint32
+	for v := range f.networks {
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+func (f *fakeDataplane) EnsureEndpoint(s kernel.EndpointSpec) (string, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail("EnsureEndpoint"); err != nil {
+		return "", err
+	}
+	if _, ok := f.networks[s.VNI]; !ok {
+		return "", fmt.Errorf("no network %d", s.VNI)
+	}
+	f.endpoints[s.ID] = s
+	return kernel.HostIfName(s.ID), nil
+}
+
+func (f *fakeDataplane) DeleteEndpoint(vni uint32, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.endpoints, id)
+	return nil
+}
+
+func (f *fakeDataplane) SyncPeers(vni uint32, peers []kernel.Peer, flood []net.IP) (kernel.SyncResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.syncs++
+	if _, ok := f.networks[vni]; !ok {
+		return kernel.SyncResult{}, fmt.Errorf("no network %d", vni)
+	}
+	var res kernel.SyncResult
+	if !samePeers(f.peers[vni], peers) {
+		res.NeighAdded = len(peers)
+		res.NeighRemoved = len(f.peers[vni])
+	}
+	f.peers[vni] = append([]kernel.Peer(nil), peers...)
+	f.flood[vni] = append([]net.IP(nil), flood...)
+	return res, nil
+}
+
+func (f *fakeDataplane) peerIPs(vni uint32) []string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var out []string
+	for _, p := range f.peers[vni] {
+		out = append(out, p.IP.String()+"@"+p.VTEP.String())
+	}
+	sort.Strings(out)
+	return out
+}
+
+// fakeGossip is an in-memory cluster view: local publishes are recorded and
+// remote endpoints are set by the test.
+type fakeGossip struct {
+	mu        sync.Mutex
+	networks  map[uint32]cluster.Network
+	local     map[string]cluster.Endpoint
+	remote    map[uint32][]cluster.Endpoint
+	conflicts map[uint32]error
+}
+
+func newFakeGossip() *fakeGossip {
+	return &fakeGossip{networks: map[uint32]cluster.Network{}, local: map[string]cluster.Endpoint{},
+		remote: map[uint32][]cluster.Endpoint{}, conflicts: map[uint32]error{}}
+}
+
+func (g *fakeGossip) PublishNetwork(n cluster.Network) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if err := g.conflicts[n.VNI]; err != nil {
+		return err
+	}
+	g.networks[n.VNI] = n
+	return nil
+}
+
+func (g *fakeGossip) WithdrawNetwork(vni uint32) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.networks, vni)
+	return nil
+}
+
+func (g *fakeGossip) PublishEndpoint(ep cluster.Endpoint) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	g.local[ep.ID] = ep
+	return nil
+}
+
+func (g *fakeGossip) WithdrawEndpoint(vni uint32, id string) error {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	delete(g.local, id)
+	return nil
+}
+
+func (g *fakeGossip) Endpoints(vni uint32) []cluster.Endpoint {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return append([]cluster.Endpoint(nil), g.remote[vni]...)
+}
+
+func (g *fakeGossip) setRemote(vni uint32, eps ...cluster.Endpoint) {
+	g.mu.Lock()
+	g.remote[vni] = eps
+	g.mu.Unlock()
+}

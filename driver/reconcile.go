@@ -1,0 +1,248 @@
+package driver
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/vxovl/vxovl/cluster"
+	"github.com/vxovl/vxovl/driver/store"
+)
+
+// Start loads the persisted state, rebuilds or re-adopts every overlay,
+// re-announces this node's networks and endpoints to the cluster, and runs
+// the reconcile loop until ctx ends. It returns once the state is restored;
+// serve the API only after it returned without error.
+func (d *Driver) Start(ctx context.Context, g Gossip) error {
+	d.mu.Lock()
+	d.gossip = g
+	d.started = time.Now()
+	err := d.restoreLocked()
+	d.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	go d.run(ctx)
+	return nil
+}
+
+func (d *Driver) restoreLocked() error {
+	nets, err := store.ListJSON[networkRecord](d.store, bucketNetworks)
+	if err != nil {
+		return err
+	}
+	eps, err := store.ListJSON[endpointRecord](d.store, bucketEndpoints)
+	if err != nil {
+		return err
+	}
+	for _, rec := range nets {
+		o, err := rec.overlay()
+		if err != nil {
+			return fmt.Errorf("%w: %v", store.ErrUnreadable, err)
+		}
+		var saved []peerRecord
+		if _, err := d.store.Get(bucketPeers, vniKey(o.VNI), &saved); err != nil {
+			return err
+		}
+		o.restored = recordsToPeers(saved)
+		d.networks[o.ID] = o
+		d.byVNI[o.VNI] = o
+	}
+	for _, rec := range eps {
+		o, ok := d.networks[rec.NetworkID]
+		if !ok {
+			d.log.Warn("dropping stored endpoint of an unknown network", "endpoint", short(rec.ID), "network", short(rec.NetworkID))
+			d.undo("forget endpoint", d.store.Delete(bucketEndpoints, rec.ID))
+			continue
+		}
+		ep, err := rec.endpoint()
+		if err != nil {
+			return fmt.Errorf("%w: %v", store.ErrUnreadable, err)
+		}
+		o.endpoints[ep.ID] = ep
+	}
+
+	// Namespaces pinned for VNIs we no longer know are leftovers of a crash
+	// between the kernel step and the store step: remove them.
+	if pinned, err := d.dp.Networks(); err == nil {
+		for _, vni := range pinned {
+			if _, ok := d.byVNI[vni]; !ok {
+				d.log.Warn("removing leftover overlay namespace with no stored network", "vni", vni)
+				d.undo("delete leftover network", d.dp.DeleteNetwork(vni))
+			}
+		}
+	} else {
+		d.log.Warn("listing pinned overlay namespaces", "err", err)
+	}
+
+	for _, o := range d.networks {
+		if err := d.gossip.PublishNetwork(cluster.Network{VNI: o.VNI, Subnet: o.Subnet, MTU: o.MTU}); err != nil {
+			// The network exists and has containers; refusing to start would
+			// cut them off. Say so loudly and carry on.
+			d.log.Error("restored network disagrees with the cluster", "vni", o.VNI, "err", err)
+		}
+		if err := d.dp.EnsureNetwork(d.spec(o)); err != nil {
+			d.stats.SyncErrors++
+			d.log.Error("restoring overlay; will retry", "vni", o.VNI, "err", err)
+		}
+		for _, ep := range o.endpoints {
+			if err := d.gossip.PublishEndpoint(cluster.Endpoint{VNI: o.VNI, ID: ep.ID, IP: ep.ip, MAC: ep.mac}); err != nil {
+				d.log.Error("re-announcing endpoint", "endpoint", short(ep.ID), "err", err)
+			}
+		}
+		d.syncLocked(o, "restore")
+	}
+	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(eps), "store", d.store.Path())
+	return nil
+}
+
+// EndpointsChanged implements cluster.Handler: it marks vni for a sync by the
+// reconcile loop and never blocks the cluster.
+func (d *Driver) EndpointsChanged(vni uint32) { d.markDirty(vni) }
+
+func (d *Driver) markDirty(vni uint32) {
+	d.dirtyMu.Lock()
+	d.dirty[vni] = struct{}{}
+	d.dirtyMu.Unlock()
+	select {
+	case d.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Reconcile runs a full reconcile pass now and waits for it (or ctx).
+func (d *Driver) Reconcile(ctx context.Context) error {
+	done := make(chan struct{})
+	select {
+	case d.onDemand <- done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// run is the driver's one event loop: cluster changes, periodic and
+// on-demand reconciles are all handled here, one at a time.
+func (d *Driver) run(ctx context.Context) {
+	tick := time.NewTicker(d.cfg.ReconcileInterval)
+	defer tick.Stop()
+	var graceEnd <-chan time.Time
+	if d.hasRestored() {
+		t := time.NewTimer(d.cfg.RestoreGrace)
+		defer t.Stop()
+		graceEnd = t.C
+	}
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-d.kick:
+			d.syncDirty()
+		case <-graceEnd:
+			d.endGrace()
+		case <-tick.C:
+			d.reconcileAll("periodic")
+		case done := <-d.onDemand:
+			d.reconcileAll("on demand")
+			close(done)
+		}
+	}
+}
+
+func (d *Driver) hasRestored() bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, o := range d.networks {
+		if len(o.restored) > 0 {
+			return true
+		}
+	}
+	return false
+}
+
+func (d *Driver) endGrace() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for _, o := range d.networks {
+		if o.restored != nil {
+			o.restored = nil
+			d.syncLocked(o, "restore grace ended")
+		}
+	}
+}
+
+func (d *Driver) syncDirty() {
+	d.dirtyMu.Lock()
+	vnis := d.dirty
+	d.dirty = map[uint32]struct{}{}
+	d.dirtyMu.Unlock()
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	for vni := range vnis {
+		if o, ok := d.byVNI[vni]; ok {
+			d.syncLocked(o, "cluster change")
+		}
+	}
+}
+
+// reconcileAll checks every overlay's kernel objects and tables and repairs
+// what drifted (someone deleted the VXLAN device or an entry by hand, a
+// previous step failed). Docker's overlay has no such loop.
+func (d *Driver) reconcileAll(reason string) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stats.Reconciles++
+	d.stats.LastReconcile = time.Now()
+	for _, o := range d.networks {
+		if err := d.dp.Health(d.spec(o)); err != nil {
+			d.stats.DriftRepairs++
+			d.log.Warn("overlay damaged; rebuilding", "vni", o.VNI, "problem", err, "reason", reason)
+			if err := d.dp.EnsureNetwork(d.spec(o)); err != nil {
+				d.stats.SyncErrors++
+				d.log.Error("rebuilding overlay; will retry", "vni", o.VNI, "err", err)
+				continue
+			}
+		}
+		d.syncLocked(o, reason)
+	}
+}
+
+// syncLocked makes o's neighbor and FDB tables match the desired peers. Outside
+// of event-driven syncs, any change means the kernel had drifted.
+func (d *Driver) syncLocked(o *overlay, reason string) {
+	peers, flood := d.desiredPeers(o)
+	res, err := d.dp.SyncPeers(o.VNI, peers, flood)
+	if err != nil {
+		d.stats.SyncErrors++
+		d.log.Error("programming neighbor/FDB entries; will retry", "vni", o.VNI, "err", err)
+		return
+	}
+	changed := res.NeighAdded + res.NeighRemoved + res.FDBAdded + res.FDBRemoved
+	if changed > 0 {
+		level := "debug"
+		if reason == "periodic" || reason == "on demand" {
+			d.stats.DriftRepairs += uint64(changed)
+			level = "warn"
+		}
+		attrs := []any{"vni", o.VNI, "reason", reason, "neigh_added", res.NeighAdded, "neigh_removed", res.NeighRemoved,
+			"fdb_added", res.FDBAdded, "fdb_removed", res.FDBRemoved}
+		if level == "warn" {
+			d.log.Warn("repaired neighbor/FDB drift", attrs...)
+		} else {
+			d.log.Debug("programmed peers", attrs...)
+		}
+	}
+	// Remember what is programmed so a restart can keep it while the cluster
+	// catches up. Only written when it changed.
+	var saved []peerRecord
+	if _, err := d.store.Get(bucketPeers, vniKey(o.VNI), &saved); err == nil && !samePeers(recordsToPeers(saved), peers) {
+		if err := d.store.Put(bucketPeers, vniKey(o.VNI), peersToRecords(peers)); err != nil {
+			d.log.Warn("saving programmed peers", "vni", o.VNI, "err", err)
+		}
+	}
+}

@@ -1,0 +1,106 @@
+package driver
+
+import (
+	"fmt"
+	"net"
+
+	"github.com/vxovl/vxovl/driver/kernel"
+)
+
+// Store buckets owned by the driver.
+const (
+	bucketNetworks  = "networks"  // Docker network ID -> networkRecord
+	bucketEndpoints = "endpoints" // Docker endpoint ID -> endpointRecord
+	bucketPeers     = "peers"     // VNI -> []peerRecord last programmed, for restarts
+)
+
+// networkRecord is a network as persisted; comparable so that a repeated
+// CreateNetwork can be recognised.
+type networkRecord struct {
+	ID       string
+	VNI      uint32
+	Subnet   string
+	Gateway  string `json:",omitempty"`
+	MTU      int
+	Flood    bool `json:",omitempty"`
+	Internal bool `json:",omitempty"`
+}
+
+type endpointRecord struct {
+	ID        string
+	NetworkID string
+	Address   string // CIDR
+	MAC       string
+	Joined    bool `json:",omitempty"`
+}
+
+type peerRecord struct {
+	IP, MAC, VTEP string
+}
+
+func vniKey(vni uint32) string { return fmt.Sprintf("%08d", vni) }
+
+func (r networkRecord) overlay() (*overlay, error) {
+	_, subnet, err := net.ParseCIDR(r.Subnet)
+	if err != nil {
+		return nil, fmt.Errorf("network %s: bad subnet %q: %w", short(r.ID), r.Subnet, err)
+	}
+	o := &overlay{networkRecord: r, subnet: subnet, endpoints: map[string]*endpoint{}}
+	if r.Gateway != "" {
+		ip, gw, err := net.ParseCIDR(r.Gateway)
+		if err != nil {
+			return nil, fmt.Errorf("network %s: bad gateway %q: %w", short(r.ID), r.Gateway, err)
+		}
+		gw.IP = ip.To4()
+		o.gateway = gw
+	}
+	if r.VNI < 1 || r.VNI > MaxVNI {
+		return nil, fmt.Errorf("network %s: VNI %d out of range", short(r.ID), r.VNI)
+	}
+	return o, nil
+}
+
+func (r endpointRecord) endpoint() (*endpoint, error) {
+	ip, _, err := net.ParseCIDR(r.Address)
+	if err != nil || ip.To4() == nil {
+		return nil, fmt.Errorf("endpoint %s: bad address %q", short(r.ID), r.Address)
+	}
+	mac, err := net.ParseMAC(r.MAC)
+	if err != nil {
+		return nil, fmt.Errorf("endpoint %s: bad MAC %q: %w", short(r.ID), r.MAC, err)
+	}
+	return &endpoint{endpointRecord: r, ip: ip.To4(), mac: mac}, nil
+}
+
+func peersToRecords(peers []kernel.Peer) []peerRecord {
+	out := make([]peerRecord, 0, len(peers))
+	for _, p := range peers {
+		out = append(out, peerRecord{IP: p.IP.String(), MAC: p.MAC.String(), VTEP: p.VTEP.String()})
+	}
+	return out
+}
+
+func recordsToPeers(recs []peerRecord) []kernel.Peer {
+	out := make([]kernel.Peer, 0, len(recs))
+	for _, r := range recs {
+		ip, vtep := net.ParseIP(r.IP).To4(), net.ParseIP(r.VTEP).To4()
+		mac, err := net.ParseMAC(r.MAC)
+		if ip == nil || vtep == nil || err != nil {
+			continue // a damaged hint is only a hint; the cluster will refill it
+		}
+		out = append(out, kernel.Peer{IP: ip, MAC: mac, VTEP: vtep})
+	}
+	return out
+}
+
+func samePeers(a, b []kernel.Peer) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if !a[i].IP.Equal(b[i].IP) || a[i].MAC.String() != b[i].MAC.String() || !a[i].VTEP.Equal(b[i].VTEP) {
+			return false
+		}
+	}
+	return true
+}
