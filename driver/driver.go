@@ -108,9 +108,9 @@ type Driver struct {
 	stats    Stats
 	started  time.Time
 
-	dirtyMu sync.Mutex
-	dirty   map[uint32]struct{}
-	kick    chan struct{}
+	dirtyMu  sync.Mutex
+	dirty    map[uint32]struct{}
+	kick     chan struct{}
 	onDemand chan chan struct{}
 }
 

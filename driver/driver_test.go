@@ -25,13 +25,13 @@ const (
 )
 
 type harness struct {
-	t     *testing.T
-	drv   *Driver
-	dp    *fakeDataplane
-	g     *fakeGossip
-	st    *store.Store
-	path  string
-	stop  context.CancelFunc
+	t    *testing.T
+	drv  *Driver
+	dp   *fakeDataplane
+	g    *fakeGossip
+	st   *store.Store
+	path string
+	stop context.CancelFunc
 }
 
 func newHarness(t *testing.T) *harness {
@@ -325,7 +325,10 @@ func TestEndpointBadInput(t *testing.T) {
 		"leave unknown":      h.drv.Leave(&network.LeaveRequest{NetworkID: netID, EndpointID: "x"}),
 		"delete unknown ep":  h.drv.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: netID, EndpointID: "x"}),
 		"delete unknown net": h.drv.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: "x"}),
-		"info unknown":       func() error { _, e := h.drv.EndpointInfo(&network.InfoRequest{NetworkID: netID, EndpointID: "x"}); return e }(),
+		"info unknown": func() error {
+			_, e := h.drv.EndpointInfo(&network.InfoRequest{NetworkID: netID, EndpointID: "x"})
+			return e
+		}(),
 	} {
 		if err == nil {
 			t.Errorf("%s: no error", name)
