@@ -98,7 +98,6 @@ func ensureBridge(h *netlink.Handle, name string, mtu int) (br netlink.Link, cre
 	} else {
 		attrs := netlink.NewLinkAttrs()
 		attrs.Name = name
-		attrs.MTU = mtu
 		if err := h.LinkAdd(&netlink.Bridge{LinkAttrs: attrs}); err != nil {
 			return nil, false, fmt.Errorf("create bridge %q: %w", name, err)
 		}
@@ -107,6 +106,9 @@ func ensureBridge(h *netlink.Handle, name string, mtu int) (br netlink.Link, cre
 			return nil, created, fmt.Errorf("look up new bridge %q: %w", name, err)
 		}
 	}
+	// The MTU is set by a change request, not at creation: only then does the
+	// bridge treat it as user-set and stop re-deriving it from its ports (it
+	// would jump to 1500 whenever vxlan0 is detached).
 	if err := setMTU(h, l, mtu); err != nil {
 		return l, created, err
 	}
