@@ -1,0 +1,642 @@
+// Package cluster is vxovl's gossip control plane: every node publishes its
+// endpoints and network definitions as owned, versioned records over
+// hashicorp/memberlist, and learns everyone else's.
+//
+// Propagation has three layers: a change is sent at once to every member
+// (UDP, best effort) and queued for gossip retransmits; full-state push/pull
+// gives anti-entropy; and when two nodes first see each other they exchange
+// their own records directly (TCP), which is what brings a joiner, or the
+// rest of the cluster after a restart, up to date in one round trip.
+package cluster
+
+import (
+	"fmt"
+	"log"
+	"log/slog"
+	"net"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// Cluster is one node's membership in the control plane.
+type Cluster struct {
+	cfg  Config
+	log  *slog.Logger
+	h    Handler
+	ml   *memberlist.Memberlist
+	q    *memberlist.TransmitLimitedQueue
+	self string
+
+	mu    sync.Mutex // guards t and clock
+	t     *table
+	clock uint64
+
+	kindsMu sync.RWMutex
+	kinds   map[string]KindOptions
+
+	notify *notifier
+	direct chan directMsg
+	hello  *helloQueue
+
+	alive atomic.Int32 // alive members including us, for the retransmit limit
+
+	received, malformedRecs, malformedMsgs, decrypts atomic.Uint64
+	directSent, directRecv, directDropped           atomic.Uint64
+
+	stop     chan struct{}
+	wg       sync.WaitGroup
+	shutOnce sync.Once
+	shutErr  error
+}
+
+// New starts memberlist and the background loops. It returns without
+// waiting for peers; they are joined in the background.
+func New(cfg Config, h Handler) (*Cluster, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{
+		cfg:    cfg,
+		log:    cfg.Logger.With("node", cfg.NodeName),
+		h:      h,
+		self:   cfg.NodeName,
+		t:      newTable(cfg.NodeName, cfg.TombstoneTTL),
+		clock:  cfg.MinVersion,
+		kinds:  map[string]KindOptions{},
+		notify: newNotifier(),
+		direct: make(chan directMsg, 1024),
+		hello:  newHelloQueue(),
+		stop:   make(chan struct{}),
+	}
+	c.alive.Store(1)
+	c.t.onIPConflict = func(newer, older Endpoint) {
+		c.log.Info("two endpoints claim one IP; the newer claim wins",
+			"vni", newer.VNI, "ip", newer.IP, "winner_node", newer.Node, "winner_id", newer.ID,
+			"loser_node", older.Node, "loser_id", older.ID)
+	}
+	c.t.onNetConflict = func(ours, theirs Network) {
+		c.log.Error("remote node defines this VNI differently; the overlay will not work between us until the definitions agree",
+			"vni", ours.VNI, "our_subnet", ours.Subnet, "our_mtu", ours.MTU,
+			"node", theirs.Node, "their_subnet", theirs.Subnet, "their_mtu", theirs.MTU)
+	}
+	c.q = &memberlist.TransmitLimitedQueue{
+		NumNodes:       func() int { return int(c.alive.Load()) },
+		RetransmitMult: 4,
+	}
+
+	mc := cfg.memberlistConfig()
+	mc.Delegate = (*delegate)(c)
+	mc.Events = (*events)(c)
+	mc.Logger = log.New(&logBridge{log: c.log, decrypts: &c.decrypts}, "", 0)
+	if len(cfg.SecretKey) == 0 {
+		c.log.Warn("control plane is UNAUTHENTICATED: anyone who can reach the gossip port can inject endpoints; set a SecretKey",
+			"port", cfg.BindPort)
+	}
+	ml, err := memberlist.Create(mc)
+	if err != nil {
+		return nil, fmt.Errorf("start gossip on %s:%d: %w (is the port in use?)", cfg.BindAddr, cfg.BindPort, err)
+	}
+	c.ml = ml
+
+	c.wg.Add(4)
+	go func() { defer c.wg.Done(); c.notify.run(c.stop, c.deliver) }()
+	go func() { defer c.wg.Done(); c.dispatchDirect() }()
+	go func() { defer c.wg.Done(); c.hello.run(c.stop, c.sendOwnState) }()
+	go func() { defer c.wg.Done(); c.gcLoop() }()
+	if len(cfg.Peers) > 0 {
+		c.wg.Add(1)
+		go func() { defer c.wg.Done(); c.joinLoop() }()
+	}
+	return c, nil
+}
+
+// Version returns the highest version this node has issued; persist it and
+// pass it back as Config.MinVersion on restart.
+func (c *Cluster) Version() uint64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.clock
+}
+
+// nextVersion is the hybrid clock: max(last+1, now). Needs c.mu.
+func (c *Cluster) nextVersion() uint64 {
+	v := uint64(time.Now().UnixNano())
+	if v <= c.clock {
+		v = c.clock + 1
+	}
+	c.clock = v
+	return v
+}
+
+// PublishEndpoint publishes (or republishes) a local endpoint with a new
+// version and sends it to every member at once.
+func (c *Cluster) PublishEndpoint(ep Endpoint) error {
+	if err := checkEndpoint(ep); err != nil {
+		return fmt.Errorf("publish endpoint: %w", err)
+	}
+	ep = copyEndpoint(ep)
+	ep.IP = ep.IP.To4()
+	ep.Node = c.self
+	ep.VTEP = c.cfg.AdvertiseAddr
+	return c.publish(kindEndpoint, endpointKey(ep.VNI, ep.ID), func(v uint64) item {
+		ep.Version = v
+		return item{w: wireRecord{Value: encodeEndpointValue(ep)}, ep: &ep, vni: ep.VNI}
+	}, nil)
+}
+
+// WithdrawEndpoint replaces a local endpoint by a tombstone and sends it at
+// once. Withdrawing an unknown endpoint still records the tombstone.
+func (c *Cluster) WithdrawEndpoint(vni uint32, id string) error {
+	if err := validVNI(vni); err != nil {
+		return fmt.Errorf("withdraw endpoint: %w", err)
+	}
+	if err := validEndpointID(id); err != nil {
+		return fmt.Errorf("withdraw endpoint: %w", err)
+	}
+	return c.publish(kindEndpoint, endpointKey(vni, id), func(uint64) item {
+		return item{w: wireRecord{Deleted: true}, vni: vni}
+	}, nil)
+}
+
+// PublishNetwork publishes this node's definition of an overlay. It fails
+// with ErrConflict if a live remote node defines the VNI with a different
+// subnet or MTU.
+func (c *Cluster) PublishNetwork(n Network) error {
+	n, err := checkNetwork(n)
+	if err != nil {
+		return fmt.Errorf("publish network: %w", err)
+	}
+	n.Node = c.self
+	return c.publish(kindNetwork, networkKey(n.VNI), func(uint64) item {
+		return item{w: wireRecord{Value: encodeNetworkValue(n)}, nw: &n}
+	}, func() error {
+		for _, o := range c.t.remoteNetworks(n.VNI) {
+			if !sameNetwork(o, n) {
+				return fmt.Errorf("VNI %d: node %q defines subnet %s MTU %d, this node wants subnet %s MTU %d; "+
+					"use the same subnet and MTU on every host or pick another VNI: %w",
+					n.VNI, o.Node, o.Subnet, o.MTU, n.Subnet, n.MTU, ErrConflict)
+			}
+		}
+		return nil
+	})
+}
+
+// WithdrawNetwork removes this node's definition of an overlay.
+func (c *Cluster) WithdrawNetwork(vni uint32) error {
+	if err := validVNI(vni); err != nil {
+		return fmt.Errorf("withdraw network: %w", err)
+	}
+	return c.publish(kindNetwork, networkKey(vni), func(uint64) item {
+		return item{w: wireRecord{Deleted: true}}
+	}, nil)
+}
+
+// PutRecord publishes a generic record owned by this node. Kinds "ep" and
+// "net" are reserved; values are at most MaxValueLen bytes (records travel
+// in single UDP packets).
+func (c *Cluster) PutRecord(kind, key string, value []byte) error {
+	w := wireRecord{Kind: kind, Key: key, Version: 1, Value: append([]byte(nil), value...)}
+	if err := c.checkGeneric(w); err != nil {
+		return fmt.Errorf("put record: %w", err)
+	}
+	if len(value) > MaxValueLen {
+		return fmt.Errorf("put record: value is %d bytes, limit %d", len(value), MaxValueLen)
+	}
+	if opts, ok := c.kindOptions(kind); ok && opts.Validate != nil {
+		if err := opts.Validate(key, value); err != nil {
+			return fmt.Errorf("put record %s/%s: %w", kind, key, err)
+		}
+	}
+	return c.publish(kind, key, func(uint64) item { return item{w: w} }, nil)
+}
+
+// DeleteRecord replaces a generic record of this node by a tombstone.
+func (c *Cluster) DeleteRecord(kind, key string) error {
+	w := wireRecord{Kind: kind, Key: key, Version: 1, Deleted: true}
+	if err := c.checkGeneric(w); err != nil {
+		return fmt.Errorf("delete record: %w", err)
+	}
+	return c.publish(kind, key, func(uint64) item { return item{w: w} }, nil)
+}
+
+func (c *Cluster) checkGeneric(w wireRecord) error {
+	if w.Kind == kindEndpoint || w.Kind == kindNetwork {
+		return fmt.Errorf("kind %q is reserved", w.Kind)
+	}
+	return validRecord(c.self, w)
+}
+
+// publish versions, stores and queues a local record under the lock (so the
+// gossip queue never holds an older version than the table), then sends it
+// to every member.
+func (c *Cluster) publish(kind, key string, build func(v uint64) item, check func() error) error {
+	c.mu.Lock()
+	if check != nil {
+		if err := check(); err != nil {
+			c.mu.Unlock()
+			return err
+		}
+	}
+	v := c.nextVersion()
+	it := build(v)
+	it.w.Kind, it.w.Key, it.w.Version = kind, key, v
+	var ch changes
+	c.t.put(c.self, it, srcLocal, &ch)
+	msg := encodeRecord(c.self, it.w)
+	c.q.QueueBroadcast(&broadcast{name: kind + "\x00" + key, msg: msg})
+	c.mu.Unlock()
+	c.notify.add(ch)
+	c.sendAll(msg)
+	return nil
+}
+
+func (c *Cluster) sendAll(msg []byte) {
+	for _, n := range c.ml.Members() {
+		if n.Name == c.self {
+			continue
+		}
+		if err := c.ml.SendBestEffort(n, msg); err != nil {
+			c.log.Debug("immediate send failed; gossip will retry", "to", n.Name, "err", err)
+		}
+	}
+}
+
+// Endpoints returns the remote endpoints of a VNI: owners alive, never
+// tombstoned, one per IP (newest version wins), sorted by IP, node, ID.
+func (c *Cluster) Endpoints(vni uint32) []Endpoint {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t.endpoints(vni)
+}
+
+// Networks returns all live network definitions, ours included, sorted by
+// VNI then node.
+func (c *Cluster) Networks() []Network {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t.networks()
+}
+
+// Records returns the live records of one kind from all alive owners, ours
+// included, sorted by owner then key.
+func (c *Cluster) Records(kind string) []Record {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.t.records(kind)
+}
+
+// RegisterKind sets the validator, change callback and message receiver for
+// a generic record kind. Held records of the kind that fail the new
+// validator are dropped.
+func (c *Cluster) RegisterKind(kind string, opts KindOptions) error {
+	if err := validKind(kind); err != nil {
+		return fmt.Errorf("register kind: %w", err)
+	}
+	if kind == kindEndpoint || kind == kindNetwork {
+		return fmt.Errorf("register kind: %q is reserved", kind)
+	}
+	c.kindsMu.Lock()
+	c.kinds[kind] = opts
+	c.kindsMu.Unlock()
+	if opts.Validate == nil {
+		return nil
+	}
+	c.mu.Lock()
+	var ch changes
+	for name, o := range c.t.owners {
+		if name == c.self {
+			continue
+		}
+		for k, e := range o.recs {
+			if k.kind == kind && !e.deleted && opts.Validate(k.key, e.value) != nil {
+				delete(o.recs, k)
+				c.malformedRecs.Add(1)
+				ch.add(kind, 0)
+			}
+		}
+	}
+	c.mu.Unlock()
+	c.notify.add(ch)
+	return nil
+}
+
+func (c *Cluster) kindOptions(kind string) (KindOptions, bool) {
+	c.kindsMu.RLock()
+	defer c.kindsMu.RUnlock()
+	o, ok := c.kinds[kind]
+	return o, ok
+}
+
+// SendTo sends a direct message to one live node over the reliable (TCP,
+// encrypted when a key is set) channel. The receiver gets it through the
+// Message callback registered for kind.
+func (c *Cluster) SendTo(node, kind string, payload []byte) error {
+	if err := validKind(kind); err != nil {
+		return fmt.Errorf("send to %s: %w", node, err)
+	}
+	if len(payload) > MaxDirectLen {
+		return fmt.Errorf("send to %s: payload %d bytes exceeds %d", node, len(payload), MaxDirectLen)
+	}
+	n := c.member(node)
+	if n == nil {
+		return fmt.Errorf("send to %s: not a live member", node)
+	}
+	if err := c.ml.SendReliable(n, encodeDirect(directMsg{From: c.self, Kind: kind, Payload: payload})); err != nil {
+		return fmt.Errorf("send to %s: %w", node, err)
+	}
+	c.directSent.Add(1)
+	return nil
+}
+
+func (c *Cluster) member(name string) *memberlist.Node {
+	if name == c.self {
+		return nil
+	}
+	for _, n := range c.ml.Members() {
+		if n.Name == name {
+			return n
+		}
+	}
+	return nil
+}
+
+// Members lists the known nodes, this one included.
+func (c *Cluster) Members() []Member {
+	var out []Member
+	for _, n := range c.ml.Members() {
+		out = append(out, Member{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: int(n.Port), State: stateName(n.State)})
+	}
+	return out
+}
+
+// Stats returns the counters.
+func (c *Cluster) Stats() Stats {
+	c.mu.Lock()
+	ts := c.t.st
+	c.mu.Unlock()
+	return Stats{
+		RecordsReceived:   c.received.Load(),
+		RecordsApplied:    ts.applied,
+		RecordsStale:      ts.stale,
+		RecordsDeadOwner:  ts.deadOwner,
+		RecordsMalformed:  c.malformedRecs.Load(),
+		MessagesMalformed: c.malformedMsgs.Load(),
+		SnapshotsApplied:  ts.snapshots,
+		RecordsExpired:    ts.expired,
+		TombstonesGCed:    ts.tombstonesGCed,
+		IPConflicts:       ts.ipConflicts,
+		NetworkConflicts:  ts.netConflicts,
+		DecryptFailures:   c.decrypts.Load(),
+		DirectSent:        c.directSent.Load(),
+		DirectReceived:    c.directRecv.Load(),
+		DirectDropped:     c.directDropped.Load(),
+		OwnersDropped:     ts.ownersDropped,
+	}
+}
+
+// Leave announces a graceful departure, waiting up to timeout for it to
+// spread; peers then drop our records at once. Call Shutdown afterwards.
+func (c *Cluster) Leave(timeout time.Duration) error {
+	if err := c.ml.Leave(timeout); err != nil {
+		return fmt.Errorf("leave cluster: %w", err)
+	}
+	return nil
+}
+
+// Shutdown stops gossip and the background loops without announcing
+// anything; peers will detect us as dead within DeadTimeout. Idempotent.
+func (c *Cluster) Shutdown() error {
+	c.shutOnce.Do(func() {
+		close(c.stop)
+		if err := c.ml.Shutdown(); err != nil {
+			c.shutErr = fmt.Errorf("shutdown gossip: %w", err)
+		}
+		c.wg.Wait()
+	})
+	return c.shutErr
+}
+
+func (c *Cluster) deliver(vnis []uint32, kinds []string) {
+	if c.h != nil {
+		for _, v := range vnis {
+			c.h.EndpointsChanged(v)
+		}
+	}
+	for _, k := range kinds {
+		if o, ok := c.kindOptions(k); ok && o.Changed != nil {
+			o.Changed(k)
+		}
+	}
+}
+
+func (c *Cluster) dispatchDirect() {
+	for {
+		select {
+		case <-c.stop:
+			return
+		case m := <-c.direct:
+			if o, ok := c.kindOptions(m.Kind); ok && o.Message != nil {
+				o.Message(m.From, m.Payload)
+			} else {
+				c.directDropped.Add(1)
+			}
+		}
+	}
+}
+
+func (c *Cluster) gcLoop() {
+	every := min(max(c.cfg.TombstoneTTL/10, time.Second), time.Minute)
+	tk := time.NewTicker(every)
+	defer tk.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-tk.C:
+			var ch changes
+			c.mu.Lock()
+			c.t.gc(&ch)
+			c.mu.Unlock()
+			c.notify.add(ch)
+		}
+	}
+}
+
+// joinLoop joins configured peers that are not members, with exponential
+// backoff while none answers, and re-checks every RejoinInterval to heal
+// partitions.
+func (c *Cluster) joinLoop() {
+	const first, most = 500 * time.Millisecond, 30 * time.Second
+	backoff := first
+	for {
+		wait := c.cfg.RejoinInterval
+		if missing := c.missingPeers(); len(missing) > 0 {
+			n, err := c.ml.Join(missing)
+			switch {
+			case n > 0:
+				c.log.Info("joined peers", "contacted", n, "tried", missing)
+				backoff = first
+			case c.alive.Load() <= 1:
+				c.log.Warn("no peer reachable yet; retrying", "peers", missing, "in", backoff, "err", err)
+				wait = backoff
+				backoff = min(backoff*2, most)
+			default:
+				c.log.Debug("some configured peers unreachable", "peers", missing, "err", err)
+			}
+		}
+		select {
+		case <-c.stop:
+			return
+		case <-time.After(wait):
+		}
+	}
+}
+
+func (c *Cluster) missingPeers() []string {
+	have := map[string]bool{}
+	for _, n := range c.ml.Members() {
+		have[net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))] = true
+	}
+	var out []string
+	for _, p := range c.cfg.Peers {
+		hp := p
+		if _, _, err := net.SplitHostPort(p); err != nil {
+			hp = net.JoinHostPort(p, strconv.Itoa(c.cfg.BindPort))
+		}
+		if !have[hp] {
+			out = append(out, hp)
+		}
+	}
+	return out
+}
+
+// prepare validates a received record and decodes built-in kinds.
+func (c *Cluster) prepare(owner string, w wireRecord) (item, error) {
+	it := item{w: w}
+	if err := validRecord(owner, w); err != nil {
+		return it, err
+	}
+	switch w.Kind {
+	case kindEndpoint:
+		if w.Deleted {
+			vni, _, err := parseEndpointKey(w.Key)
+			it.vni = vni
+			return it, err
+		}
+		ep, err := decodeEndpoint(owner, w)
+		if err != nil {
+			return it, err
+		}
+		it.ep, it.vni = &ep, ep.VNI
+	case kindNetwork:
+		if w.Deleted {
+			_, err := strconv.ParseUint(w.Key, 10, 32)
+			return it, err
+		}
+		n, err := decodeNetwork(owner, w)
+		if err != nil {
+			return it, err
+		}
+		it.nw = &n
+	default:
+		if len(w.Value) > MaxValueLen {
+			return it, fmt.Errorf("value too long")
+		}
+		if o, ok := c.kindOptions(w.Kind); ok && o.Validate != nil && !w.Deleted {
+			if err := o.Validate(w.Key, w.Value); err != nil {
+				return it, err
+			}
+		}
+	}
+	return it, nil
+}
+
+func (c *Cluster) dropMalformed(owner string, w wireRecord, err error) {
+	c.malformedRecs.Add(1)
+	c.log.Warn("dropped malformed record", "owner", owner, "kind", w.Kind, "key", w.Key, "err", err)
+}
+
+func (c *Cluster) handleRecord(body []byte) {
+	owner, w, err := decodeRecord(body)
+	if err != nil {
+		c.malformedMsgs.Add(1)
+		c.log.Warn("dropped undecodable record message", "err", err)
+		return
+	}
+	c.received.Add(1)
+	it, err := c.prepare(owner, w)
+	if err != nil {
+		c.dropMalformed(owner, w, err)
+		return
+	}
+	var ch changes
+	c.mu.Lock()
+	c.t.put(owner, it, srcRelay, &ch)
+	c.mu.Unlock()
+	c.notify.add(ch)
+}
+
+func (c *Cluster) handleState(body []byte) {
+	m, err := decodeState(body)
+	if err != nil {
+		c.malformedMsgs.Add(1)
+		c.log.Warn("dropped undecodable state message", "err", err)
+		return
+	}
+	if err := validNodeName(m.Sender); err != nil {
+		c.malformedMsgs.Add(1)
+		c.log.Warn("dropped state message with bad sender", "err", err)
+		return
+	}
+	groups := make(map[string][]item, len(m.Owners))
+	for _, o := range m.Owners {
+		items := make([]item, 0, len(o.Recs))
+		for _, w := range o.Recs {
+			c.received.Add(1)
+			it, err := c.prepare(o.Owner, w)
+			if err != nil {
+				c.dropMalformed(o.Owner, w, err)
+				continue
+			}
+			items = append(items, it)
+		}
+		groups[o.Owner] = append(groups[o.Owner], items...)
+	}
+	var ch changes
+	c.mu.Lock()
+	c.t.applyState(m.Sender, m.Clock, groups, &ch)
+	c.mu.Unlock()
+	c.notify.add(ch)
+	if m.Flags&stateHello != 0 {
+		c.hello.add(m.Sender, false)
+	}
+}
+
+// ownState encodes a full state; see table.snapshot. Taking a fresh version
+// as the snapshot clock means every later record is strictly newer.
+func (c *Cluster) ownState(flags byte, ownOnly bool) []byte {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return encodeState(c.t.snapshot(c.nextVersion(), flags, ownOnly))
+}
+
+// sendOwnState sends our own records to one node, asking for its own in
+// return when hello is set.
+func (c *Cluster) sendOwnState(node string, hello bool) {
+	n := c.member(node)
+	if n == nil {
+		return
+	}
+	var flags byte
+	if hello {
+		flags = stateHello
+	}
+	if err := c.ml.SendReliable(n, c.ownState(flags, true)); err != nil {
+		c.log.Debug("sending own state failed; push/pull will catch up", "to", node, "err", err)
+	}
+}

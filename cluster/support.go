@@ -1,0 +1,141 @@
+package cluster
+
+import (
+	"context"
+	"log/slog"
+	"sort"
+	"strings"
+	"sync"
+	"sync/atomic"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// notifier coalesces change notifications and delivers them from one
+// goroutine, so a burst of 10,000 records becomes one call per VNI.
+type notifier struct {
+	mu    sync.Mutex
+	vnis  map[uint32]struct{}
+	kinds map[string]struct{}
+	wake  chan struct{}
+}
+
+func newNotifier() *notifier {
+	return &notifier{vnis: map[uint32]struct{}{}, kinds: map[string]struct{}{}, wake: make(chan struct{}, 1)}
+}
+
+func (n *notifier) add(ch changes) {
+	if len(ch.vnis) == 0 && len(ch.kinds) == 0 {
+		return
+	}
+	n.mu.Lock()
+	for v := range ch.vnis {
+		n.vnis[v] = struct{}{}
+	}
+	for k := range ch.kinds {
+		n.kinds[k] = struct{}{}
+	}
+	n.mu.Unlock()
+	select {
+	case n.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (n *notifier) take() ([]uint32, []string) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	vnis := make([]uint32, 0, len(n.vnis))
+	for v := range n.vnis {
+		vnis = append(vnis, v)
+	}
+	kinds := make([]string, 0, len(n.kinds))
+	for k := range n.kinds {
+		kinds = append(kinds, k)
+	}
+	clear(n.vnis)
+	clear(n.kinds)
+	sort.Slice(vnis, func(i, j int) bool { return vnis[i] < vnis[j] })
+	sort.Strings(kinds)
+	return vnis, kinds
+}
+
+func (n *notifier) run(stop <-chan struct{}, deliver func([]uint32, []string)) {
+	for {
+		select {
+		case <-stop:
+			return
+		case <-n.wake:
+			vnis, kinds := n.take()
+			deliver(vnis, kinds)
+		}
+	}
+}
+
+// logBridge feeds memberlist's log.Logger lines into slog and counts the
+// lines that mean "dropped: not encrypted with our key", which memberlist
+// reports only through its log.
+type logBridge struct {
+	log      *slog.Logger
+	decrypts *atomic.Uint64
+}
+
+var decryptMarkers = []string{
+	"Decrypt packet failed",
+	"could decrypt the message",
+	"remote state is not encrypted",
+	"encryption is not configured",
+	"too small to decrypt",
+}
+
+func (b *logBridge) Write(p []byte) (int, error) {
+	line := strings.TrimSpace(string(p))
+	level := slog.LevelInfo
+	for prefix, l := range map[string]slog.Level{"[DEBUG]": slog.LevelDebug, "[INFO]": slog.LevelInfo, "[WARN]": slog.LevelWarn, "[ERR]": slog.LevelError, "[ERROR]": slog.LevelError} {
+		if strings.HasPrefix(line, prefix) {
+			level = l
+			line = strings.TrimSpace(strings.TrimPrefix(line, prefix))
+			break
+		}
+	}
+	line = strings.TrimPrefix(line, "memberlist: ")
+	for _, m := range decryptMarkers {
+		if strings.Contains(line, m) {
+			b.decrypts.Add(1)
+			line += " (is SecretKey the same on every node?)"
+			level = slog.LevelWarn
+			break
+		}
+	}
+	b.log.Log(context.Background(), level, line, "component", "memberlist")
+	return len(p), nil
+}
+
+// broadcast is a queued gossip retransmission; a newer record for the same
+// key replaces an older one still in the queue.
+type broadcast struct {
+	name string
+	msg  []byte
+}
+
+func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
+	nb, ok := o.(memberlist.NamedBroadcast)
+	return ok && nb.Name() == b.name
+}
+func (b *broadcast) Name() string    { return b.name }
+func (b *broadcast) Message() []byte { return b.msg }
+func (b *broadcast) Finished()       {}
+
+func stateName(s memberlist.NodeStateType) string {
+	switch s {
+	case memberlist.StateAlive:
+		return "alive"
+	case memberlist.StateSuspect:
+		return "suspect"
+	case memberlist.StateDead:
+		return "dead"
+	case memberlist.StateLeft:
+		return "left"
+	}
+	return "unknown"
+}

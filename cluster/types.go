@@ -1,0 +1,98 @@
+package cluster
+
+import (
+	"errors"
+	"net"
+)
+
+// ErrConflict is returned (wrapped, naming the other node and its values) by
+// PublishNetwork when a live remote node defines the same VNI differently.
+var ErrConflict = errors.New("conflicting network definition")
+
+// Endpoint is a container interface attached to an overlay, as gossiped
+// between nodes. The cluster fills Node, VTEP and Version on publish.
+type Endpoint struct {
+	VNI     uint32
+	ID      string // Docker endpoint ID, unique per node
+	IP      net.IP // IPv4 address of the container
+	MAC     net.HardwareAddr
+	Node    string // owner node
+	VTEP    net.IP // owner's underlay address (its AdvertiseAddr)
+	Version uint64 // owner's hybrid clock when it published this endpoint
+}
+
+// Network is one node's definition of an overlay. It is gossiped so that
+// nodes which disagree about a VNI's subnet or MTU are caught early instead
+// of producing a silently broken overlay.
+type Network struct {
+	VNI    uint32
+	Subnet string // IPv4 CIDR, e.g. "10.10.0.0/24"; stored in canonical (masked) form
+	MTU    int
+	Node   string // set by the cluster
+}
+
+// Handler receives change notifications. Calls come from a single goroutine,
+// never concurrently, and are coalesced per VNI; they must not block long.
+type Handler interface {
+	// EndpointsChanged says the result of Endpoints(vni) may have changed
+	// (add, remove, owner death or rejoin).
+	EndpointsChanged(vni uint32)
+}
+
+// HandlerFunc adapts a function to Handler.
+type HandlerFunc func(vni uint32)
+
+// EndpointsChanged calls f(vni).
+func (f HandlerFunc) EndpointsChanged(vni uint32) { f(vni) }
+
+// Member is a node as seen by memberlist.
+type Member struct {
+	Name  string
+	Addr  net.IP
+	Port  int
+	State string // "alive", "suspect", "dead" or "left"
+}
+
+// Record is a generic owned, versioned record (see PutRecord).
+type Record struct {
+	Kind    string
+	Owner   string
+	Key     string
+	Version uint64
+	Value   []byte
+}
+
+// KindOptions configures a record kind registered with RegisterKind.
+// Every field is optional.
+type KindOptions struct {
+	// Validate checks the key and value of every received live record of
+	// this kind before it is stored; a non-nil error drops (and counts) it.
+	Validate func(key string, value []byte) error
+	// Changed is called, coalesced, from the notifier goroutine (the same
+	// one that calls Handler) when Records(kind) may have changed.
+	Changed func(kind string)
+	// Message receives direct messages of this kind sent with SendTo. Calls
+	// come from one dispatcher goroutine; if it falls behind, messages are
+	// dropped and counted in Stats.DirectDropped.
+	Message func(from string, payload []byte)
+}
+
+// Stats are cumulative counters since New.
+type Stats struct {
+	RecordsReceived   uint64 // records decoded from the network (single and in full states)
+	RecordsApplied    uint64 // records that changed the table
+	RecordsStale      uint64 // duplicates, older versions, below an owner's authoritative floor
+	RecordsDeadOwner  uint64 // ignored: owner not alive in our view, or a copy of our own records
+	RecordsMalformed  uint64 // failed validation
+	MessagesMalformed uint64 // undecodable messages
+	SnapshotsApplied  uint64 // authoritative full states from their owners
+	RecordsExpired    uint64 // removed because the owner's full state no longer held them
+	TombstonesGCed    uint64
+	IPConflicts       uint64 // two live owners claimed one IP in one VNI; newest won
+	NetworkConflicts  uint64 // a remote network definition disagrees with ours
+	DecryptFailures   uint64 // packets/streams dropped because they were not encrypted with our key
+	DirectSent        uint64
+	DirectReceived    uint64
+	DirectDropped     uint64 // direct messages dropped: unknown kind or slow receiver
+	OwnersDropped     uint64 // owners whose records were dropped on death/leave
+}
