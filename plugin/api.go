@@ -1,0 +1,119 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"runtime/debug"
+
+	"github.com/docker/go-plugins-helpers/ipam"
+	"github.com/docker/go-plugins-helpers/network"
+	"github.com/docker/go-plugins-helpers/sdk"
+)
+
+// The request and response types and the Driver/Ipam interfaces come from
+// go-plugins-helpers. Its handlers are not used directly because each owns a
+// private mux and manifest (one socket could not serve both the network and
+// the IPAM protocol, as a managed plugin with both interface types must) and
+// because they answer malformed JSON with plain text instead of the
+// {"Err": "..."} body that Docker shows to the user.
+
+// maxRequestBytes bounds a request body: the largest real one (CreateNetwork)
+// is a few KiB.
+const maxRequestBytes = 1 << 20
+
+type apiError struct {
+	Err string
+}
+
+type handler struct {
+	mux *http.ServeMux
+	log *slog.Logger
+}
+
+func newAPI(nd network.Driver, ipd ipam.Ipam, log *slog.Logger) *handler {
+	h := &handler{mux: http.NewServeMux(), log: log}
+	implements := []string{"NetworkDriver"}
+	if ipd != nil {
+		implements = append(implements, "IpamDriver")
+	}
+	h.mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string][]string{"Implements": implements})
+	})
+
+	route(h, "/NetworkDriver.GetCapabilities", func(*struct{}) (any, error) { return nd.GetCapabilities() })
+	route(h, "/NetworkDriver.CreateNetwork", noResult(nd.CreateNetwork))
+	route(h, "/NetworkDriver.AllocateNetwork", withResult(nd.AllocateNetwork))
+	route(h, "/NetworkDriver.DeleteNetwork", noResult(nd.DeleteNetwork))
+	route(h, "/NetworkDriver.FreeNetwork", noResult(nd.FreeNetwork))
+	route(h, "/NetworkDriver.CreateEndpoint", withResult(nd.CreateEndpoint))
+	route(h, "/NetworkDriver.DeleteEndpoint", noResult(nd.DeleteEndpoint))
+	route(h, "/NetworkDriver.EndpointOperInfo", withResult(nd.EndpointInfo))
+	route(h, "/NetworkDriver.Join", withResult(nd.Join))
+	route(h, "/NetworkDriver.Leave", noResult(nd.Leave))
+	route(h, "/NetworkDriver.DiscoverNew", noResult(nd.DiscoverNew))
+	route(h, "/NetworkDriver.DiscoverDelete", noResult(nd.DiscoverDelete))
+	route(h, "/NetworkDriver.ProgramExternalConnectivity", noResult(nd.ProgramExternalConnectivity))
+	route(h, "/NetworkDriver.RevokeExternalConnectivity", noResult(nd.RevokeExternalConnectivity))
+
+	if ipd != nil {
+		route(h, "/IpamDriver.GetCapabilities", func(*struct{}) (any, error) { return ipd.GetCapabilities() })
+		route(h, "/IpamDriver.GetDefaultAddressSpaces", func(*struct{}) (any, error) { return ipd.GetDefaultAddressSpaces() })
+		route(h, "/IpamDriver.RequestPool", withResult(ipd.RequestPool))
+		route(h, "/IpamDriver.ReleasePool", noResult(ipd.ReleasePool))
+		route(h, "/IpamDriver.RequestAddress", withResult(ipd.RequestAddress))
+		route(h, "/IpamDriver.ReleaseAddress", noResult(ipd.ReleaseAddress))
+	}
+	return h
+}
+
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+
+func noResult[Req any](fn func(*Req) error) func(*Req) (any, error) {
+	return func(r *Req) (any, error) { return struct{}{}, fn(r) }
+}
+
+func withResult[Req, Resp any](fn func(*Req) (*Resp, error)) func(*Req) (any, error) {
+	return func(r *Req) (any, error) { return fn(r) }
+}
+
+// route serves one protocol call: decode, call, encode. Any failure, including
+// a panic deep inside, becomes an {"Err": ...} answer; the process lives on.
+func route[Req any](h *handler, path string, fn func(*Req) (any, error)) {
+	h.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+		defer func() {
+			if p := recover(); p != nil {
+				h.log.Error("panic serving plugin call", "path", path, "panic", p, "stack", string(debug.Stack()))
+				writeJSON(w, http.StatusInternalServerError, apiError{Err: fmt.Sprintf("vxovl internal error in %s: %v (see the plugin log)", path, p)})
+			}
+		}()
+		if r.Method != http.MethodPost {
+			writeJSON(w, http.StatusMethodNotAllowed, apiError{Err: path + " takes POST"})
+			return
+		}
+		req := new(Req)
+		dec := json.NewDecoder(io.LimitReader(r.Body, maxRequestBytes))
+		if err := dec.Decode(req); err != nil && !errors.Is(err, io.EOF) {
+			h.log.Warn("malformed plugin request", "path", path, "err", err)
+			writeJSON(w, http.StatusBadRequest, apiError{Err: fmt.Sprintf("malformed request to %s: %v", path, err)})
+			return
+		}
+		resp, err := fn(req)
+		if err != nil {
+			h.log.Warn("plugin call failed", "path", path, "err", err)
+			writeJSON(w, http.StatusInternalServerError, apiError{Err: err.Error()})
+			return
+		}
+		h.log.Debug("plugin call", "path", path)
+		writeJSON(w, http.StatusOK, resp)
+	})
+}
+
+func writeJSON(w http.ResponseWriter, status int, v any) {
+	w.Header().Set("Content-Type", sdk.DefaultContentTypeV1_1)
+	w.WriteHeader(status)
+	_ = json.NewEncoder(w).Encode(v) // the client hung up: nothing to do
+}

@@ -1,0 +1,95 @@
+package main
+
+import (
+	"encoding/json"
+	"io"
+	"log/slog"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/docker/go-plugins-helpers/network"
+)
+
+// stubDriver answers CreateNetwork by echoing the ID into an error and
+// panics on Join, to exercise the API layer alone.
+type stubDriver struct{ network.Driver }
+
+func (stubDriver) GetCapabilities() (*network.CapabilitiesResponse, error) {
+	return &network.CapabilitiesResponse{Scope: "local", ConnectivityScope: "global"}, nil
+}
+func (stubDriver) CreateNetwork(r *network.CreateNetworkRequest) error {
+	if r.NetworkID == "" {
+		return errString("empty NetworkID")
+	}
+	return nil
+}
+func (stubDriver) Join(*network.JoinRequest) (*network.JoinResponse, error) { panic("boom") }
+
+type errString string
+
+func (e errString) Error() string { return string(e) }
+
+func call(t *testing.T, srv *httptest.Server, path, body string) (int, map[string]any) {
+	t.Helper()
+	resp, err := http.Post(srv.URL+path, "application/json", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	raw, _ := io.ReadAll(resp.Body)
+	var out map[string]any
+	if err := json.Unmarshal(raw, &out); err != nil {
+		t.Fatalf("%s: response %q is not JSON: %v", path, raw, err)
+	}
+	return resp.StatusCode, out
+}
+
+func TestAPI(t *testing.T) {
+	srv := httptest.NewServer(newAPI(stubDriver{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	defer srv.Close()
+
+	code, out := call(t, srv, "/Plugin.Activate", "")
+	if code != 200 || out["Implements"].([]any)[0] != "NetworkDriver" {
+		t.Fatalf("activate: %d %v", code, out)
+	}
+	code, out = call(t, srv, "/NetworkDriver.GetCapabilities", "")
+	if code != 200 || out["Scope"] != "local" || out["ConnectivityScope"] != "global" {
+		t.Fatalf("capabilities: %d %v", code, out)
+	}
+	code, out = call(t, srv, "/NetworkDriver.CreateNetwork", `{"NetworkID":"n1"}`)
+	if code != 200 || len(out) != 0 {
+		t.Fatalf("create: %d %v", code, out)
+	}
+	for _, body := range []string{`{"NetworkID":`, `[1,2]`, `{"NetworkID": 5}`, "\x00\x01"} {
+		code, out = call(t, srv, "/NetworkDriver.CreateNetwork", body)
+		if code != 400 || !strings.Contains(out["Err"].(string), "malformed request") {
+			t.Errorf("malformed %q: %d %v", body, code, out)
+		}
+	}
+	code, out = call(t, srv, "/NetworkDriver.CreateNetwork", `{}`)
+	if code != 500 || out["Err"] != "empty NetworkID" {
+		t.Fatalf("driver error: %d %v", code, out)
+	}
+	code, out = call(t, srv, "/NetworkDriver.Join", `{"NetworkID":"n1","EndpointID":"e1"}`)
+	if code != 500 || !strings.Contains(out["Err"].(string), "internal error") {
+		t.Fatalf("panic: %d %v", code, out)
+	}
+	// The server survived the panic.
+	if code, _ = call(t, srv, "/NetworkDriver.GetCapabilities", ""); code != 200 {
+		t.Fatal("server died after a panic")
+	}
+}
+
+func TestFailingAPIExplains(t *testing.T) {
+	srv := httptest.NewServer(failingAPI(errString("state file unreadable: mv it aside")))
+	defer srv.Close()
+	if code, _ := call(t, srv, "/NetworkDriver.GetCapabilities", ""); code != 200 {
+		t.Fatal("capabilities must work so dockerd keeps the plugin")
+	}
+	code, out := call(t, srv, "/NetworkDriver.CreateNetwork", `{"NetworkID":"n1"}`)
+	if code != 500 || !strings.Contains(out["Err"].(string), "mv it aside") {
+		t.Fatalf("failing API: %d %v", code, out)
+	}
+}

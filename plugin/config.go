@@ -1,0 +1,137 @@
+package main
+
+import (
+	"encoding/base64"
+	"fmt"
+	"log/slog"
+	"net"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// Config is everything the plugin reads from its environment. In a managed
+// plugin these are set with `docker plugin set vxovl KEY=VALUE`; config.json
+// documents each one.
+type Config struct {
+	// Peers are other vxovl nodes to join, host or host:port (PEERS).
+	Peers []string
+	// AdvertiseAddr is this node's underlay IPv4, its VTEP (ADVERTISE_ADDR).
+	// Empty: the address of the default-route interface, else the first
+	// global IPv4.
+	AdvertiseAddr net.IP
+	// GossipPort is the memberlist TCP+UDP port (GOSSIP_PORT, default 7947,
+	// next to but not on swarm's 7946).
+	GossipPort int
+	// VXLANPort is the VXLAN UDP port (VXLAN_PORT, default 4789).
+	VXLANPort int
+	// GossipKey turns on gossip encryption and authentication (GOSSIP_KEY,
+	// base64 of 16, 24 or 32 bytes).
+	GossipKey []byte
+	// MTU overrides the default overlay MTU of underlay MTU minus 50 (MTU).
+	MTU int
+	// NodeName is this node's cluster identity (NODE_NAME). Empty: a name made
+	// once from the hostname and kept in the state store.
+	NodeName string
+	// LogLevel is debug, info, warn or error (LOG_LEVEL, default info).
+	LogLevel slog.Level
+	// DeadTimeout bounds how long a dead node's endpoints stay programmed
+	// (DEAD_TIMEOUT, default 10s).
+	DeadTimeout time.Duration
+	// ReconcileInterval is how often the kernel is checked and repaired
+	// (RECONCILE_INTERVAL, default 10s).
+	ReconcileInterval time.Duration
+	// StateDir holds the bbolt state file (STATE_DIR, default /var/lib/vxovl:
+	// the plugin's `state` mount).
+	StateDir string
+	// NetnsDir is where overlay namespaces are pinned (NETNS_DIR, default
+	// /run/vxovl/netns under the plugin's propagated mount, so namespaces
+	// outlive the plugin process).
+	NetnsDir string
+	// SocketPath is the plugin API socket (SOCKET, default
+	// /run/docker/plugins/vxovl.sock).
+	SocketPath string
+}
+
+// configFromEnv parses and validates the environment. Every error names the
+// variable and what a good value looks like.
+func configFromEnv(getenv func(string) string) (Config, error) {
+	c := Config{
+		GossipPort:        7947,
+		VXLANPort:         4789,
+		LogLevel:          slog.LevelInfo,
+		DeadTimeout:       10 * time.Second,
+		ReconcileInterval: 10 * time.Second,
+		StateDir:          "/var/lib/vxovl",
+		NetnsDir:          "/run/vxovl/netns",
+		SocketPath:        "/run/docker/plugins/vxovl.sock",
+	}
+	var errs []string
+	bad := func(name, val, want string) { errs = append(errs, fmt.Sprintf("%s=%q: want %s", name, val, want)) }
+
+	for _, p := range strings.Split(getenv("PEERS"), ",") {
+		if p = strings.TrimSpace(p); p != "" {
+			c.Peers = append(c.Peers, p)
+		}
+	}
+	if v := strings.TrimSpace(getenv("ADVERTISE_ADDR")); v != "" {
+		ip := net.ParseIP(v).To4()
+		if ip == nil || ip.IsUnspecified() || ip.IsLoopback() || ip.IsMulticast() {
+			bad("ADVERTISE_ADDR", v, "this host's unicast underlay IPv4 address")
+		}
+		c.AdvertiseAddr = ip
+	}
+	port := func(name string, dst *int) {
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			n, err := strconv.Atoi(v)
+			if err != nil || n < 1 || n > 65535 {
+				bad(name, v, "a port from 1 to 65535")
+				return
+			}
+			*dst = n
+		}
+	}
+	port("GOSSIP_PORT", &c.GossipPort)
+	port("VXLAN_PORT", &c.VXLANPort)
+	if v := strings.TrimSpace(getenv("GOSSIP_KEY")); v != "" {
+		k, err := base64.StdEncoding.DecodeString(v)
+		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
+			bad("GOSSIP_KEY", "<hidden>", "base64 of 16, 24 or 32 random bytes (e.g. `head -c32 /dev/urandom | base64`)")
+		}
+		c.GossipKey = k
+	}
+	if v := strings.TrimSpace(getenv("MTU")); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 576 || n > 9166 {
+			bad("MTU", v, "an overlay MTU from 576 to 9166 (underlay MTU minus 50)")
+		}
+		c.MTU = n
+	}
+	c.NodeName = strings.TrimSpace(getenv("NODE_NAME"))
+	if v := strings.TrimSpace(getenv("LOG_LEVEL")); v != "" {
+		if err := c.LogLevel.UnmarshalText([]byte(v)); err != nil {
+			bad("LOG_LEVEL", v, "debug, info, warn or error")
+		}
+	}
+	duration := func(name string, dst *time.Duration, min time.Duration) {
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			d, err := time.ParseDuration(v)
+			if err != nil || d < min {
+				bad(name, v, fmt.Sprintf("a duration of at least %s, like 10s", min))
+				return
+			}
+			*dst = d
+		}
+	}
+	duration("DEAD_TIMEOUT", &c.DeadTimeout, 2*time.Second)
+	duration("RECONCILE_INTERVAL", &c.ReconcileInterval, time.Second)
+	for name, dst := range map[string]*string{"STATE_DIR": &c.StateDir, "NETNS_DIR": &c.NetnsDir, "SOCKET": &c.SocketPath} {
+		if v := strings.TrimSpace(getenv(name)); v != "" {
+			*dst = v
+		}
+	}
+	if len(errs) > 0 {
+		return c, fmt.Errorf("bad plugin settings (fix with `docker plugin set vxovl KEY=VALUE` while the plugin is disabled): %s", strings.Join(errs, "; "))
+	}
+	return c, nil
+}

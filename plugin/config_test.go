@@ -1,0 +1,53 @@
+package main
+
+import (
+	"log/slog"
+	"strings"
+	"testing"
+	"time"
+)
+
+func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+
+func TestConfigDefaults(t *testing.T) {
+	c, err := configFromEnv(envOf(nil))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.GossipPort != 7947 || c.VXLANPort != 4789 || c.DeadTimeout != 10*time.Second || c.LogLevel != slog.LevelInfo ||
+		c.StateDir != "/var/lib/vxovl" || c.NetnsDir != "/run/vxovl/netns" || c.AdvertiseAddr != nil || len(c.Peers) != 0 {
+		t.Fatalf("defaults: %+v", c)
+	}
+}
+
+func TestConfigParsesEverything(t *testing.T) {
+	c, err := configFromEnv(envOf(map[string]string{
+		"PEERS": " 10.98.0.2, 10.98.0.3:7000 ,", "ADVERTISE_ADDR": "10.98.0.1", "GOSSIP_PORT": "7000",
+		"VXLAN_PORT": "4790", "GOSSIP_KEY": "MDEyMzQ1Njc4OWFiY2RlZg==", "MTU": "1400", "NODE_NAME": "h1",
+		"LOG_LEVEL": "debug", "DEAD_TIMEOUT": "5s", "RECONCILE_INTERVAL": "2s",
+	}))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Join(c.Peers, "|") != "10.98.0.2|10.98.0.3:7000" || c.AdvertiseAddr.String() != "10.98.0.1" ||
+		c.GossipPort != 7000 || c.VXLANPort != 4790 || len(c.GossipKey) != 16 || c.MTU != 1400 || c.NodeName != "h1" ||
+		c.LogLevel != slog.LevelDebug || c.DeadTimeout != 5*time.Second || c.ReconcileInterval != 2*time.Second {
+		t.Fatalf("parsed: %+v", c)
+	}
+}
+
+func TestConfigBadValuesNameTheVariable(t *testing.T) {
+	for k, v := range map[string]string{
+		"ADVERTISE_ADDR": "not-an-ip", "GOSSIP_PORT": "70000", "VXLAN_PORT": "x", "GOSSIP_KEY": "c2hvcnQ=",
+		"MTU": "100", "LOG_LEVEL": "loud", "DEAD_TIMEOUT": "1ms", "RECONCILE_INTERVAL": "soon",
+	} {
+		_, err := configFromEnv(envOf(map[string]string{k: v}))
+		if err == nil || !strings.Contains(err.Error(), k) {
+			t.Errorf("%s=%s: err = %v", k, v, err)
+		}
+	}
+	_, err := configFromEnv(envOf(map[string]string{"GOSSIP_KEY": "c2hvcnQ="}))
+	if strings.Contains(err.Error(), "c2hvcnQ") {
+		t.Error("the key leaked into the error message")
+	}
+}

@@ -1,0 +1,259 @@
+// Command vxovl is the vxovl managed Docker plugin: a libnetwork remote
+// network driver (and IPAM driver) that builds kernel VXLAN overlays across
+// standalone Docker hosts, coordinated by memberlist gossip.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/vxovl/vxovl/cluster"
+	"github.com/vxovl/vxovl/driver"
+	"github.com/vxovl/vxovl/driver/kernel"
+	"github.com/vxovl/vxovl/driver/store"
+)
+
+func main() {
+	cfg, cfgErr := configFromEnv(os.Getenv)
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	slog.SetDefault(log)
+	if err := run(cfg, cfgErr, log); err != nil {
+		log.Error("vxovl stopped", "err", err)
+		os.Exit(1)
+	}
+}
+
+func run(cfg Config, cfgErr error, log *slog.Logger) error {
+	ctx, cancel := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer cancel()
+
+	api, cleanup, err := setup(ctx, cfg, cfgErr, log)
+	if err != nil {
+		// Docker shows a driver's error to the user at `docker network
+		// create`: answering every call with the reason is clearer than a
+		// plugin that crash-loops with the reason buried in dockerd's log.
+		log.Error("vxovl cannot work; answering every call with this error", "err", err)
+		api = failingAPI(err)
+		cleanup = func() {}
+	}
+	defer cleanup()
+
+	if err := os.MkdirAll(filepath.Dir(cfg.SocketPath), 0o755); err != nil {
+		return fmt.Errorf("creating socket directory: %w", err)
+	}
+	_ = os.Remove(cfg.SocketPath) // a stale socket from a killed predecessor
+	ln, err := net.Listen("unix", cfg.SocketPath)
+	if err != nil {
+		return fmt.Errorf("listening on %s: %w", cfg.SocketPath, err)
+	}
+	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		shutdownCtx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		defer c()
+		_ = srv.Shutdown(shutdownCtx)
+	}()
+	log.Info("serving plugin API", "socket", cfg.SocketPath)
+	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return fmt.Errorf("serving %s: %w", cfg.SocketPath, err)
+	}
+	return nil
+}
+
+// setup builds store, data plane, cluster and driver, and restores state.
+func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (http.Handler, func(), error) {
+	if cfgErr != nil {
+		return nil, nil, cfgErr
+	}
+	st, err := store.Open(filepath.Join(cfg.StateDir, "state.db"))
+	if err != nil {
+		return nil, nil, err
+	}
+	undo := []func(){func() { st.Close() }}
+	cleanup := func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+	}
+	fail := func(err error) (http.Handler, func(), error) { cleanup(); return nil, nil, err }
+
+	vtep := cfg.AdvertiseAddr
+	if vtep == nil {
+		if vtep, err = kernel.DefaultRouteIPv4(); err != nil {
+			return fail(fmt.Errorf("finding this host's underlay address (set ADVERTISE_ADDR): %w", err))
+		}
+	}
+	mtu := cfg.MTU
+	if mtu == 0 {
+		under, err := kernel.UnderlayMTU(vtep)
+		if err != nil {
+			return fail(fmt.Errorf("reading the MTU of the interface holding %s (set MTU): %w", vtep, err))
+		}
+		mtu = under - 50
+	}
+	name, err := nodeName(st, cfg.NodeName)
+	if err != nil {
+		return fail(err)
+	}
+	var floor uint64
+	if _, err := st.Get(bucketNode, keyVersion, &floor); err != nil {
+		return fail(err)
+	}
+	log.Info("starting vxovl", "node", name, "vtep", vtep, "vxlan_port", cfg.VXLANPort, "gossip_port", cfg.GossipPort,
+		"peers", strings.Join(cfg.Peers, ","), "default_mtu", mtu, "netns_dir", cfg.NetnsDir)
+
+	dp := kernel.New(cfg.NetnsDir, log.With("part", "kernel"))
+	drv := driver.New(driver.Config{
+		VTEP: vtep, VXLANPort: cfg.VXLANPort, DefaultMTU: mtu,
+		ReconcileInterval: cfg.ReconcileInterval, RestoreGrace: 3 * cfg.DeadTimeout,
+		Logger: log.With("part", "driver"),
+	}, dp, st)
+
+	ccfg := cluster.DefaultConfig()
+	ccfg.NodeName = name
+	ccfg.BindPort = cfg.GossipPort
+	ccfg.AdvertiseAddr = vtep
+	ccfg.Peers = cfg.Peers
+	ccfg.SecretKey = cfg.GossipKey
+	ccfg.DeadTimeout = cfg.DeadTimeout
+	ccfg.MinVersion = floor
+	ccfg.Logger = log.With("part", "cluster")
+	cl, err := cluster.New(ccfg, drv)
+	if err != nil {
+		return fail(fmt.Errorf("starting gossip on port %d: %w", cfg.GossipPort, err))
+	}
+	undo = append(undo, func() {
+		// No Leave: a plugin restart (upgrade, crash) must not make every
+		// peer drop this host's endpoints while its containers keep running;
+		// if the host is really gone, peers time it out after DEAD_TIMEOUT.
+		_ = cl.Shutdown()
+		saveVersion(st, cl, log)
+	})
+	go persistVersion(ctx, st, cl, log)
+
+	if err := drv.Start(ctx, cl); err != nil {
+		return fail(err)
+	}
+	api := newAPI(drv, nil, log.With("part", "api"))
+	api.mux.HandleFunc("/vxovl/state", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]any{
+			"node": name, "vtep": vtep.String(), "driver": drv.Stats(), "cluster": cl.Stats(), "members": cl.Members(),
+		})
+	})
+	api.mux.HandleFunc("/vxovl/reconcile", func(w http.ResponseWriter, r *http.Request) {
+		rctx, c := context.WithTimeout(r.Context(), 30*time.Second)
+		defer c()
+		if err := drv.Reconcile(rctx); err != nil {
+			writeJSON(w, http.StatusInternalServerError, apiError{Err: err.Error()})
+			return
+		}
+		writeJSON(w, http.StatusOK, drv.Stats())
+	})
+	go reconcileOnHUP(ctx, drv, log)
+	return api, cleanup, nil
+}
+
+const (
+	bucketNode = "node"
+	keyName    = "name"
+	keyVersion = "version"
+)
+
+// nodeName returns the configured name, else the one made at first start, so
+// that a restarted node is the same node to its peers.
+func nodeName(st *store.Store, configured string) (string, error) {
+	if configured != "" {
+		return configured, nil
+	}
+	var name string
+	if ok, err := st.Get(bucketNode, keyName, &name); err != nil || ok {
+		return name, err
+	}
+	host, _ := os.Hostname()
+	if host == "" {
+		host = "vxovl"
+	}
+	suffix := make([]byte, 3)
+	if _, err := rand.Read(suffix); err != nil {
+		return "", fmt.Errorf("making a node name: %w", err)
+	}
+	name = host + "-" + hex.EncodeToString(suffix)
+	if err := st.Put(bucketNode, keyName, name); err != nil {
+		return "", err
+	}
+	return name, nil
+}
+
+func saveVersion(st *store.Store, cl *cluster.Cluster, log *slog.Logger) {
+	if err := st.Put(bucketNode, keyVersion, cl.Version()); err != nil {
+		log.Warn("saving the gossip version floor", "err", err)
+	}
+}
+
+// persistVersion keeps the stored version floor close to the cluster clock,
+// so that versions after a crash still exceed those before it even if the
+// wall clock stepped back meanwhile.
+func persistVersion(ctx context.Context, st *store.Store, cl *cluster.Cluster, log *slog.Logger) {
+	t := time.NewTicker(10 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			saveVersion(st, cl, log)
+		}
+	}
+}
+
+// reconcileOnHUP gives operators an on-demand repair: kill -HUP <pid>.
+func reconcileOnHUP(ctx context.Context, drv *driver.Driver, log *slog.Logger) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			log.Info("SIGHUP: reconciling now")
+			rctx, c := context.WithTimeout(ctx, 30*time.Second)
+			if err := drv.Reconcile(rctx); err != nil {
+				log.Warn("on-demand reconcile", "err", err)
+			}
+			c()
+		}
+	}
+}
+
+// failingAPI answers every call with err, except capabilities, so that
+// dockerd keeps the plugin enabled and shows err to the user.
+func failingAPI(err error) http.Handler {
+	msg := "vxovl is not working on this host: " + err.Error()
+	mux := http.NewServeMux()
+	mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string][]string{"Implements": {"NetworkDriver", "IpamDriver"}})
+	})
+	mux.HandleFunc("/NetworkDriver.GetCapabilities", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]string{"Scope": "local", "ConnectivityScope": "global"})
+	})
+	mux.HandleFunc("/IpamDriver.GetCapabilities", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusOK, map[string]bool{"RequiresMACAddress": false})
+	})
+	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		writeJSON(w, http.StatusInternalServerError, apiError{Err: msg})
+	})
+	return mux
+}
