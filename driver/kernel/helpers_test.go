@@ -169,3 +169,12 @@ func isMounted(t testing.TB, path string) bool {
 	}
 	return false
 }
+
+// in runs fn inside the namespace pinned at path and fails the test if the
+// switch (or fn) fails.
+func in(t testing.TB, path string, fn func() error) {
+	t.Helper()
+	if err := Do(path, fn); err != nil {
+		t.Fatal(err)
+	}
+}
