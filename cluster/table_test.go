@@ -1,0 +1,238 @@
+package cluster
+
+import (
+	"net"
+	"testing"
+	"time"
+)
+
+func epItem(t *testing.T, owner string, vni uint32, id, ip string, mac byte, v uint64) item {
+	t.Helper()
+	ep := Endpoint{VNI: vni, ID: id, IP: net.ParseIP(ip).To4(), MAC: net.HardwareAddr{2, 0, 0, 0, 0, mac},
+		Node: owner, VTEP: net.IPv4(127, 0, 0, 1).To4(), Version: v}
+	w := wireRecord{Kind: kindEndpoint, Key: endpointKey(vni, id), Version: v, Value: encodeEndpointValue(ep)}
+	c := &Cluster{kinds: map[string]KindOptions{}}
+	it, err := c.prepare(owner, w)
+	if err != nil {
+		t.Fatalf("prepare: %v", err)
+	}
+	return it
+}
+
+func epDel(vni uint32, id string, v uint64) item {
+	return item{w: wireRecord{Kind: kindEndpoint, Key: endpointKey(vni, id), Version: v, Deleted: true}, vni: vni}
+}
+
+func newTestTable(alive ...string) *table {
+	t := newTable("self", time.Minute)
+	for _, a := range alive {
+		t.setAlive(a, true, nil)
+	}
+	return t
+}
+
+func ids(eps []Endpoint) []string {
+	var out []string
+	for _, e := range eps {
+		out = append(out, e.Node+"/"+e.ID+"@"+e.IP.String())
+	}
+	return out
+}
+
+func wantEPs(t *testing.T, tb *table, vni uint32, want ...string) {
+	t.Helper()
+	got := ids(tb.endpoints(vni))
+	if len(got) != len(want) {
+		t.Fatalf("endpoints(%d) = %v, want %v", vni, got, want)
+	}
+	for i := range got {
+		if got[i] != want[i] {
+			t.Fatalf("endpoints(%d) = %v, want %v", vni, got, want)
+		}
+	}
+}
+
+func TestTableReorderAndDuplicates(t *testing.T) {
+	add := func(tb *table) { tb.put("a", epItem(t, "a", 7, "e1", "10.0.0.2", 1, 10), srcRelay, nil) }
+	del := func(tb *table) { tb.put("a", epDel(7, "e1", 11), srcRelay, nil) }
+	for _, order := range [][]func(*table){{add, del}, {del, add}, {add, del, add, del}, {del, del, add, add}} {
+		tb := newTestTable("a")
+		for _, f := range order {
+			f(tb)
+		}
+		wantEPs(t, tb, 7)
+	}
+	tb := newTestTable("a")
+	add(tb)
+	add(tb)
+	wantEPs(t, tb, 7, "a/e1@10.0.0.2")
+	if tb.st.stale != 1 {
+		t.Fatalf("stale = %d, want 1 (duplicate)", tb.st.stale)
+	}
+	// An older version of a live record never overrides a newer one.
+	tb.put("a", epItem(t, "a", 7, "e1", "10.0.0.9", 1, 12), srcRelay, nil)
+	tb.put("a", epItem(t, "a", 7, "e1", "10.0.0.3", 1, 11), srcRelay, nil)
+	wantEPs(t, tb, 7, "a/e1@10.0.0.9")
+}
+
+// The classic stale-entry bug: IP freed on A, reused on B. Every arrival
+// order must end with only B's entry.
+func TestTableIPReuseAcrossNodes(t *testing.T) {
+	aAdd := func(tb *table) { tb.put("a", epItem(t, "a", 7, "ea", "10.0.0.5", 1, 100), srcRelay, nil) }
+	aDel := func(tb *table) { tb.put("a", epDel(7, "ea", 200), srcRelay, nil) }
+	bAdd := func(tb *table) { tb.put("b", epItem(t, "b", 7, "eb", "10.0.0.5", 2, 300), srcRelay, nil) }
+	perms := [][]func(*table){
+		{aAdd, aDel, bAdd}, {aAdd, bAdd, aDel}, {bAdd, aAdd, aDel},
+		{bAdd, aDel, aAdd}, {aDel, aAdd, bAdd}, {aDel, bAdd, aAdd},
+	}
+	for i, p := range perms {
+		tb := newTestTable("a", "b")
+		for _, f := range p {
+			f(tb)
+		}
+		got := tb.endpoints(7)
+		if len(got) != 1 || got[0].Node != "b" {
+			t.Fatalf("order %d: endpoints = %v, want only b's", i, ids(got))
+		}
+	}
+	// Without A's withdrawal (lost), B still wins by version; conflict counted.
+	tb := newTestTable("a", "b")
+	aAdd(tb)
+	bAdd(tb)
+	wantEPs(t, tb, 7, "b/eb@10.0.0.5")
+	if tb.st.ipConflicts != 1 {
+		t.Fatalf("ipConflicts = %d, want 1", tb.st.ipConflicts)
+	}
+	// A local newer claim hides the stale remote one; our own never shows.
+	tb.put("self", epItem(t, "self", 7, "es", "10.0.0.5", 3, 400), srcLocal, nil)
+	wantEPs(t, tb, 7)
+}
+
+func TestTableDeathAndRejoin(t *testing.T) {
+	tb := newTestTable("a")
+	var ch changes
+	tb.put("a", epItem(t, "a", 7, "e1", "10.0.0.2", 1, 10), srcRelay, &ch)
+	tb.put("a", epItem(t, "a", 8, "e2", "10.0.1.2", 2, 11), srcRelay, &ch)
+	ch = changes{}
+	tb.setAlive("a", false, &ch)
+	wantEPs(t, tb, 7)
+	wantEPs(t, tb, 8)
+	if len(ch.vnis) != 2 {
+		t.Fatalf("death notified vnis %v, want 7 and 8", ch.vnis)
+	}
+	// A third party relaying a's old record must not resurrect it.
+	if r := tb.put("a", epItem(t, "a", 7, "e1", "10.0.0.2", 1, 10), srcRelay, nil); r != resDeadOwner {
+		t.Fatalf("relay of dead owner's record: result %v, want resDeadOwner", r)
+	}
+	wantEPs(t, tb, 7)
+	// Rejoin: its own state brings the records back.
+	tb.setAlive("a", true, nil)
+	tb.applyState("a", 50, map[string][]item{"a": {epItem(t, "a", 7, "e1", "10.0.0.2", 1, 10)}}, nil)
+	wantEPs(t, tb, 7, "a/e1@10.0.0.2")
+	// Copies of our own records from others are ignored.
+	if r := tb.put("self", epItem(t, "self", 7, "x", "10.0.0.3", 1, 99), srcRelay, nil); r != resDeadOwner {
+		t.Fatalf("foreign copy of own record: %v", r)
+	}
+}
+
+// A restarted node lost an endpoint that others still hold: its full state
+// removes it, and a late relay of the old record cannot bring it back.
+func TestTableAuthoritativeSnapshot(t *testing.T) {
+	tb := newTestTable("a", "c")
+	tb.put("a", epItem(t, "a", 7, "old", "10.0.0.2", 1, 10), srcRelay, nil)
+	tb.put("a", epItem(t, "a", 7, "keep", "10.0.0.3", 2, 11), srcRelay, nil)
+	tb.put("a", epItem(t, "a", 7, "new", "10.0.0.4", 3, 60), srcRelay, nil) // broadcast newer than the snapshot
+	tb.applyState("a", 50, map[string][]item{
+		"a": {epItem(t, "a", 7, "keep", "10.0.0.3", 2, 11)},
+		"c": {epItem(t, "c", 7, "cc", "10.0.0.9", 4, 5)}, // third party in the same state: merged, not authoritative
+	}, nil)
+	wantEPs(t, tb, 7, "a/keep@10.0.0.3", "a/new@10.0.0.4", "c/cc@10.0.0.9")
+	if tb.st.expired != 1 {
+		t.Fatalf("expired = %d, want 1", tb.st.expired)
+	}
+	if r := tb.put("a", epItem(t, "a", 7, "old", "10.0.0.2", 1, 10), srcRelay, nil); r != resStale {
+		t.Fatalf("late relay below floor: %v, want resStale", r)
+	}
+	wantEPs(t, tb, 7, "a/keep@10.0.0.3", "a/new@10.0.0.4", "c/cc@10.0.0.9")
+	// A state sent by c does not expire a's records.
+	tb.applyState("c", 1000, map[string][]item{"c": {epItem(t, "c", 7, "cc", "10.0.0.9", 4, 5)}}, nil)
+	wantEPs(t, tb, 7, "a/keep@10.0.0.3", "a/new@10.0.0.4", "c/cc@10.0.0.9")
+	// An empty state from a clears everything of a's below its clock.
+	tb.applyState("a", 100, map[string][]item{}, nil)
+	wantEPs(t, tb, 7, "c/cc@10.0.0.9")
+}
+
+func TestTableTombstoneGC(t *testing.T) {
+	tb := newTestTable("a")
+	now := time.Unix(1000, 0)
+	tb.now = func() time.Time { return now }
+	tb.put("a", epItem(t, "a", 7, "e1", "10.0.0.2", 1, 10), srcRelay, nil)
+	tb.put("a", epDel(7, "e1", 20), srcRelay, nil)
+	tb.gc(nil)
+	if _, dead := tb.count(); dead != 1 {
+		t.Fatalf("tombstone collected before TTL")
+	}
+	now = now.Add(2 * time.Minute)
+	tb.gc(nil)
+	if live, dead := tb.count(); live != 0 || dead != 0 || tb.st.tombstonesGCed != 1 {
+		t.Fatalf("after TTL: live=%d dead=%d gced=%d", live, dead, tb.st.tombstonesGCed)
+	}
+	// After GC the late add still cannot resurrect.
+	tb.put("a", epItem(t, "a", 7, "e1", "10.0.0.2", 1, 10), srcRelay, nil)
+	wantEPs(t, tb, 7)
+	// But a genuinely newer record is accepted.
+	tb.put("a", epItem(t, "a", 7, "e1", "10.0.0.2", 1, 30), srcRelay, nil)
+	wantEPs(t, tb, 7, "a/e1@10.0.0.2")
+}
+
+func TestTableNetworkConflict(t *testing.T) {
+	tb := newTestTable("a")
+	mk := func(owner, subnet string, mtu int, v uint64) item {
+		n := Network{VNI: 5, Subnet: subnet, MTU: mtu, Node: owner}
+		return item{w: wireRecord{Kind: kindNetwork, Key: networkKey(5), Version: v, Value: encodeNetworkValue(n)}, nw: &n}
+	}
+	tb.put("self", mk("self", "10.1.0.0/24", 1450, 1), srcLocal, nil)
+	tb.put("a", mk("a", "10.1.0.0/24", 1450, 2), srcRelay, nil)
+	if tb.st.netConflicts != 0 {
+		t.Fatal("equal definitions flagged as conflict")
+	}
+	tb.put("a", mk("a", "10.2.0.0/24", 1450, 3), srcRelay, nil)
+	if tb.st.netConflicts != 1 {
+		t.Fatalf("netConflicts = %d, want 1", tb.st.netConflicts)
+	}
+	if n := tb.remoteNetworks(5); len(n) != 1 || n[0].Subnet != "10.2.0.0/24" {
+		t.Fatalf("remoteNetworks = %v", n)
+	}
+}
+
+func TestPrepareRejectsMalformed(t *testing.T) {
+	c := &Cluster{kinds: map[string]KindOptions{}}
+	good := Endpoint{VNI: 7, ID: "e", IP: net.IPv4(10, 0, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, VTEP: net.IPv4(127, 0, 0, 1)}
+	val := func(ep Endpoint) []byte { return encodeEndpointValue(ep) }
+	bad := []wireRecord{
+		{Kind: kindEndpoint, Key: "0/e", Version: 1, Value: val(good)},
+		{Kind: kindEndpoint, Key: "16777216/e", Version: 1, Value: val(good)},
+		{Kind: kindEndpoint, Key: "7/e", Version: 0, Value: val(good)},
+		{Kind: kindEndpoint, Key: "7/e", Version: 1, Value: val(good)[:13]},
+		{Kind: kindEndpoint, Key: "07/e", Version: 1, Value: val(good)},
+		{Kind: kindEndpoint, Key: "7/", Version: 1, Value: val(good)},
+		{Kind: kindEndpoint, Key: "7/e", Version: 1, Value: func() []byte { e := good; e.MAC = net.HardwareAddr{1, 0, 0, 0, 0, 1}; return val(e) }()},
+		{Kind: kindEndpoint, Key: "7/e", Version: 1, Value: func() []byte { e := good; e.VTEP = net.IPv4zero; return val(e) }()},
+		{Kind: kindEndpoint, Key: "7/e", Version: 1, Value: func() []byte { e := good; e.IP = net.IPv4(224, 0, 0, 1); return val(e) }()},
+		{Kind: kindEndpoint, Key: "7/e", Version: 1, Deleted: true, Value: []byte{1}},
+		{Kind: kindNetwork, Key: "7", Version: 1, Value: append([]byte{10}, "10.0.0.0/24"...)}, // MTU 10
+		{Kind: kindNetwork, Key: "7", Version: 1, Value: append([]byte{0xaa, 0x0b}, "10.0.0.1/24"...)},
+		{Kind: "", Key: "k", Version: 1},
+	}
+	for i, w := range bad {
+		if _, err := c.prepare("a", w); err == nil {
+			t.Errorf("case %d (%+v): accepted", i, w)
+		}
+	}
+	if _, err := c.prepare("a", wireRecord{Kind: kindEndpoint, Key: "7/e", Version: 1, Value: val(good)}); err != nil {
+		t.Fatalf("good endpoint rejected: %v", err)
+	}
+	if _, err := c.prepare("bad name", wireRecord{Kind: "x", Key: "k", Version: 1}); err == nil {
+		t.Fatal("owner with space accepted")
+	}
+}
