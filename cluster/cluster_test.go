@@ -1,0 +1,343 @@
+package cluster
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/hashicorp/memberlist"
+)
+
+// freePort returns a loopback port free for both TCP and UDP.
+func freePort(t testing.TB) int {
+	t.Helper()
+	for range 50 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
+		l.Close()
+		if err == nil {
+			u.Close()
+			return port
+		}
+	}
+	t.Fatal("no free port")
+	return 0
+}
+
+type nodeOpts struct {
+	key   []byte
+	dead  time.Duration
+	port  int
+	fast  bool // short gossip/push-pull intervals for many nodes in one process
+	peers []string
+}
+
+type recorder struct {
+	mu   sync.Mutex
+	vnis map[uint32]int
+}
+
+func (r *recorder) EndpointsChanged(vni uint32) {
+	r.mu.Lock()
+	if r.vnis == nil {
+		r.vnis = map[uint32]int{}
+	}
+	r.vnis[vni]++
+	r.mu.Unlock()
+}
+
+func (r *recorder) count(vni uint32) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.vnis[vni]
+}
+
+func startNode(t testing.TB, name string, o nodeOpts, h Handler) *Cluster {
+	t.Helper()
+	if o.port == 0 {
+		o.port = freePort(t)
+	}
+	if o.dead == 0 {
+		o.dead = 2 * time.Second
+	}
+	cfg := Config{
+		NodeName:       name,
+		BindAddr:       "127.0.0.1",
+		BindPort:       o.port,
+		AdvertiseAddr:  net.IPv4(127, 0, 0, 1),
+		Peers:          o.peers,
+		SecretKey:      o.key,
+		DeadTimeout:    o.dead,
+		RejoinInterval: time.Second,
+		Logger:         discardLogger(),
+		Tune: func(mc *memberlist.Config) {
+			mc.TCPTimeout = time.Second
+			if o.fast {
+				mc.GossipInterval = 100 * time.Millisecond
+			}
+		},
+	}
+	c, err := New(cfg, h)
+	if err != nil {
+		t.Fatalf("start %s: %v", name, err)
+	}
+	t.Cleanup(func() { c.Shutdown() })
+	return c
+}
+
+func addr(c *Cluster) string {
+	return net.JoinHostPort("127.0.0.1", strconv.Itoa(c.cfg.BindPort))
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) time.Duration {
+	t.Helper()
+	start := time.Now()
+	for time.Since(start) < within {
+		if cond() {
+			return time.Since(start)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	t.Fatalf("timed out after %v waiting for %s", within, what)
+	return 0
+}
+
+func testEP(vni uint32, id string, ip byte) Endpoint {
+	return Endpoint{VNI: vni, ID: id, IP: net.IPv4(10, 9, 0, ip), MAC: net.HardwareAddr{2, 0x42, 0, 0, 0, ip}}
+}
+
+func hasEP(c *Cluster, vni uint32, node, id string) bool {
+	for _, e := range c.Endpoints(vni) {
+		if e.Node == node && e.ID == id {
+			return true
+		}
+	}
+	return false
+}
+
+func startCluster(t testing.TB, n int, o nodeOpts) []*Cluster {
+	t.Helper()
+	nodes := make([]*Cluster, n)
+	nodes[0] = startNode(t, "n0", o, nil)
+	for i := 1; i < n; i++ {
+		oi := o
+		oi.peers = []string{addr(nodes[0])}
+		nodes[i] = startNode(t, fmt.Sprintf("n%d", i), oi, nil)
+	}
+	eventually(t, 10*time.Second, "full membership", func() bool {
+		for _, c := range nodes {
+			if c.alive.Load() != int32(n) {
+				return false
+			}
+		}
+		return true
+	})
+	return nodes
+}
+
+func TestPublishWithdrawPropagate(t *testing.T) {
+	rec := &recorder{}
+	a := startNode(t, "a", nodeOpts{}, nil)
+	b := startNode(t, "b", nodeOpts{peers: []string{addr(a)}}, rec)
+	c := startNode(t, "c", nodeOpts{peers: []string{addr(a)}}, nil)
+	eventually(t, 5*time.Second, "3 members", func() bool { return a.alive.Load() == 3 && b.alive.Load() == 3 && c.alive.Load() == 3 })
+
+	ep := testEP(42, "ep-a", 2)
+	if err := a.PublishEndpoint(ep); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Cluster{b, c} {
+		eventually(t, 3*time.Second, n.self+" sees ep-a", func() bool { return hasEP(n, 42, "a", "ep-a") })
+	}
+	got := b.Endpoints(42)[0]
+	if !got.IP.Equal(ep.IP) || got.MAC.String() != ep.MAC.String() || !got.VTEP.Equal(net.IPv4(127, 0, 0, 1)) || got.Version == 0 {
+		t.Fatalf("b sees %+v", got)
+	}
+	if len(a.Endpoints(42)) != 0 {
+		t.Fatal("Endpoints must not return the node's own endpoints")
+	}
+	eventually(t, 2*time.Second, "handler notified for VNI 42", func() bool { return rec.count(42) > 0 })
+
+	// IP reuse: a frees the IP, b reuses it; everyone ends with b's only.
+	if err := a.WithdrawEndpoint(42, "ep-a"); err != nil {
+		t.Fatal(err)
+	}
+	if err := b.PublishEndpoint(testEP(42, "ep-b", 2)); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Cluster{a, c} {
+		eventually(t, 3*time.Second, n.self+" has only b's claim", func() bool {
+			eps := n.Endpoints(42)
+			return len(eps) == 1 && eps[0].Node == "b"
+		})
+	}
+	if hasEP(b, 42, "a", "ep-a") {
+		t.Fatal("b still holds a's withdrawn endpoint")
+	}
+
+	// Generic records and direct messages.
+	got2 := make(chan string, 1)
+	if err := c.RegisterKind("blk", KindOptions{Message: func(from string, p []byte) { got2 <- from + ":" + string(p) }}); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.PutRecord("blk", "10.9.1.0/26", []byte("x")); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Second, "c sees a's block", func() bool { return len(c.Records("blk")) == 1 })
+	if err := a.SendTo("c", "blk", []byte("claim")); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case m := <-got2:
+		if m != "a:claim" {
+			t.Fatalf("direct message %q", m)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("direct message not delivered")
+	}
+	if err := a.DeleteRecord("blk", "10.9.1.0/26"); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Second, "c drops a's block", func() bool { return len(c.Records("blk")) == 0 })
+}
+
+func TestKilledNodeRemovedAndRestored(t *testing.T) {
+	const dead = 2 * time.Second
+	nodes := startCluster(t, 4, nodeOpts{dead: dead})
+	victim := nodes[3]
+	port := victim.cfg.BindPort
+	for i := range 3 {
+		if err := victim.PublishEndpoint(testEP(9, fmt.Sprintf("v%d", i), byte(10+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range nodes[:3] {
+		eventually(t, 3*time.Second, "victim's endpoints", func() bool { return len(n.Endpoints(9)) == 3 })
+	}
+	victim.Shutdown() // crash: no Leave
+	start := time.Now()
+	for _, n := range nodes[:3] {
+		eventually(t, dead+time.Second-time.Since(start), n.self+" drops the dead node's endpoints", func() bool { return len(n.Endpoints(9)) == 0 })
+	}
+	t.Logf("dead node's endpoints removed everywhere after %v (DeadTimeout %v)", time.Since(start), dead)
+
+	// Restart with the same name and port, having lost one endpoint.
+	back := startNode(t, "n3", nodeOpts{dead: dead, port: port, peers: []string{addr(nodes[0])}}, nil)
+	for i := range 2 {
+		if err := back.PublishEndpoint(testEP(9, fmt.Sprintf("v%d", i), byte(10+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, n := range nodes[:3] {
+		eventually(t, 5*time.Second, n.self+" sees the restarted node's 2 endpoints", func() bool {
+			return len(n.Endpoints(9)) == 2 && hasEP(n, 9, "n3", "v0") && hasEP(n, 9, "n3", "v1")
+		})
+	}
+}
+
+// A node that restarts faster than failure detection (others never saw it
+// die) and lost an endpoint: its own full state removes the stale copy.
+func TestFastRestartExpiresStaleRecords(t *testing.T) {
+	nodes := startCluster(t, 3, nodeOpts{dead: 5 * time.Second})
+	v := nodes[2]
+	port := v.cfg.BindPort
+	v.PublishEndpoint(testEP(9, "gone", 20))
+	eventually(t, 3*time.Second, "n0 sees it", func() bool { return hasEP(nodes[0], 9, "n2", "gone") })
+	v.Shutdown()
+	back := startNode(t, "n2", nodeOpts{dead: 5 * time.Second, port: port, peers: []string{addr(nodes[0])}}, nil)
+	_ = back
+	for _, n := range nodes[:2] {
+		eventually(t, 5*time.Second, n.self+" drops the stale endpoint", func() bool { return !hasEP(n, 9, "n2", "gone") })
+	}
+}
+
+func TestEncryption(t *testing.T) {
+	key := []byte("0123456789abcdef0123456789abcdef")
+	a := startNode(t, "a", nodeOpts{key: key}, nil)
+	b := startNode(t, "b", nodeOpts{key: key, peers: []string{addr(a)}}, nil)
+	eventually(t, 5*time.Second, "a and b joined", func() bool { return a.alive.Load() == 2 && b.alive.Load() == 2 })
+	a.PublishEndpoint(testEP(3, "ea", 2))
+	eventually(t, 3*time.Second, "b learns a's endpoint", func() bool { return hasEP(b, 3, "a", "ea") })
+
+	bad := startNode(t, "mallory", nodeOpts{key: []byte("XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"), peers: []string{addr(a), addr(b)}}, nil)
+	plain := startNode(t, "plain", nodeOpts{peers: []string{addr(a)}}, nil)
+	bad.PublishEndpoint(testEP(3, "evil", 66))
+	plain.PublishEndpoint(testEP(3, "evil2", 67))
+	eventually(t, 5*time.Second, "decrypt failures counted on the keyed nodes", func() bool {
+		return a.Stats().DecryptFailures > 0 && b.Stats().DecryptFailures > 0
+	})
+	// Give the intruders a few join attempts (RejoinInterval 1s), then check.
+	eventually(t, 5*time.Second, "several rejected join attempts", func() bool { return a.Stats().DecryptFailures >= 3 })
+	if len(bad.Endpoints(3)) != 0 || len(plain.Endpoints(3)) != 0 || bad.alive.Load() != 1 || plain.alive.Load() != 1 {
+		t.Fatalf("wrong-key node learned something: eps=%v members=%d", bad.Endpoints(3), bad.alive.Load())
+	}
+	if hasEP(a, 3, "mallory", "evil") || hasEP(b, 3, "plain", "evil2") || a.alive.Load() != 2 {
+		t.Fatal("keyed nodes accepted an intruder")
+	}
+	t.Logf("decrypt failures: a=%d b=%d mallory=%d", a.Stats().DecryptFailures, b.Stats().DecryptFailures, bad.Stats().DecryptFailures)
+}
+
+func TestNetworkConflict(t *testing.T) {
+	a := startNode(t, "a", nodeOpts{}, nil)
+	b := startNode(t, "b", nodeOpts{peers: []string{addr(a)}}, nil)
+	eventually(t, 5*time.Second, "joined", func() bool { return b.alive.Load() == 2 })
+	if err := a.PublishNetwork(Network{VNI: 100, Subnet: "10.50.0.0/24", MTU: 1450}); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, 3*time.Second, "b sees a's network", func() bool { return len(b.Networks()) == 1 })
+	if err := b.PublishNetwork(Network{VNI: 100, Subnet: "10.50.0.7/24", MTU: 1450}); err != nil {
+		t.Fatalf("same subnet (non-canonical spelling) must not conflict: %v", err)
+	}
+	err := b.PublishNetwork(Network{VNI: 100, Subnet: "10.51.0.0/24", MTU: 1450})
+	if !errors.Is(err, ErrConflict) {
+		t.Fatalf("different subnet: err = %v, want ErrConflict", err)
+	}
+	if err := b.PublishNetwork(Network{VNI: 100, Subnet: "10.50.0.0/24", MTU: 1400}); !errors.Is(err, ErrConflict) {
+		t.Fatalf("different MTU: err = %v, want ErrConflict", err)
+	}
+	t.Logf("conflict error: %v", err)
+	// After a withdraws, b may redefine it.
+	a.WithdrawNetwork(100)
+	eventually(t, 3*time.Second, "b sees the withdrawal", func() bool {
+		for _, n := range b.Networks() {
+			if n.Node == "a" {
+				return false
+			}
+		}
+		return true
+	})
+	if err := b.PublishNetwork(Network{VNI: 100, Subnet: "10.51.0.0/24", MTU: 1450}); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestConfigValidation(t *testing.T) {
+	for _, cfg := range []Config{
+		{AdvertiseAddr: net.IPv4(127, 0, 0, 1)},
+		{NodeName: "a"},
+		{NodeName: "a", AdvertiseAddr: net.ParseIP("::1")},
+		{NodeName: "a", AdvertiseAddr: net.IPv4(127, 0, 0, 1), SecretKey: []byte("short")},
+		{NodeName: "a b", AdvertiseAddr: net.IPv4(127, 0, 0, 1)},
+		{NodeName: "a", AdvertiseAddr: net.IPv4(127, 0, 0, 1), DeadTimeout: time.Millisecond},
+	} {
+		if _, err := New(cfg, nil); err == nil {
+			t.Fatalf("config %+v accepted", cfg)
+		}
+	}
+	d := DefaultConfig()
+	if d.BindPort != 7947 || d.DeadTimeout != 10*time.Second || d.TombstoneTTL != 10*time.Minute {
+		t.Fatalf("defaults %+v", d)
+	}
+	if pi := probeInterval(d.DeadTimeout); pi != time.Second {
+		t.Fatalf("probe interval for 10s = %v", pi)
+	}
+}
