@@ -1,0 +1,76 @@
+// Package ipam is vxovl's cluster-wide IPAM driver (docker.ipamdriver/1.0):
+// every host hands out overlay addresses itself, without a central server,
+// and no address is given to two endpoints while the cluster is connected.
+//
+// # Blocks
+//
+// A pool's subnet (required: pass --subnet) is cut into blocks, by default 16
+// per subnet and at most 256 addresses each; --ipam-opt block-size=N sets the
+// host bits of a block (a /24 with block-size=4 has 16 blocks of 16). A host
+// allocates dynamic addresses only from blocks it owns, so allocation itself
+// is local and needs no coordination. Ownership is what the hosts agree on.
+// Blocks, and single addresses pinned with --ip, are both "claims" of an
+// IPv4 prefix; a pin is a /32.
+//
+// # Claim rule
+//
+// To claim prefix P, node N
+//
+//  1. marks P pending (from now on N refuses every overlapping claim),
+//  2. sends ClaimRequest(P) to every member it currently sees (alive or
+//     suspect), and
+//  3. owns P only when every one of them has answered ACK; a member that
+//     leaves the membership during the wait is no longer required, a NACK
+//     or the timeout (Config.ClaimTimeout) aborts the claim.
+//
+// On success N moves P from pending to owned in one step under its lock,
+// persists it and publishes it as an owned record (kind "ipam-block" or
+// "ipam-pin"). A member M answers NACK if P conflicts with a claim M owns or
+// has pending, or with a claim of a third node that M knows of (from
+// records, including records of owners that are currently unreachable);
+// otherwise ACK. Conflict means: two blocks overlap, two pins are equal, a
+// pin lies inside a block of another node, or a block contains a pin that
+// is still pending. A block may contain pins that are already owned: the
+// ACK lists the acker's pins inside P, and N never allocates them.
+//
+// Safety argument. Suppose A and C both successfully claim conflicting
+// prefixes while each is in the other's membership view. Each needed the
+// other's ACK. A's ACK to C was given at some time tA while A had nothing
+// conflicting pending or owned; since A's claim succeeded, A's pending-then-
+// owned interval is continuous from its start pA, so tA < pA. C's request
+// was sent during C's own pending interval, which started at pC <= tA and
+// lasts until C learns the outcome; since C succeeded, C is continuously
+// pending-then-owned from pC on. A's request reached C at tC > pA > tA >= pC,
+// so C was pending or owning at tC and must have NACKed: contradiction. At
+// most one of two concurrent conflicting claims wins (both may lose; the
+// loser backs off with jitter and tries another random free block). Owners
+// NACK forever, so a later claimant that sees the owner is refused even if
+// it has not received the owner's record yet.
+//
+// # Partitions
+//
+// During a partition only reachable members are asked, so each side keeps
+// allocating from the blocks it holds, may claim blocks that are free in its
+// view, and fails with a clear error when its blocks are full and no claim
+// can be completed. Ownership known before the partition is remembered
+// (also across restarts) for unreachable owners, so only blocks that were
+// free before the partition can be claimed twice. When the partition heals,
+// the ownership records reveal overlaps: each one is logged at error level
+// and counted (Stats.Conflicts); the claim that is later by (claim time,
+// node name) stops allocating from the block (its existing containers keep
+// their addresses) and gives the block back once it is empty. Remembered
+// claims of an owner that stays unreachable are forgotten after
+// Config.OrphanTimeout.
+//
+// # Docker specifics
+//
+// PoolIDs are derived from the subnet, --ip-range and block size, so they
+// are equal on every host. The gateway is not a cluster allocation: it is
+// the explicit --gateway or the subnet's first host address, identical
+// everywhere, and never handed out. The driver asks Docker for MAC
+// addresses (RequiresMACAddress) because that is what tells an endpoint's
+// explicit --ip (request carries the MAC option) apart from a network's
+// --aux-address (no options): the first is claimed exclusively as a pin,
+// the second is a reservation every host makes for itself and that nobody
+// allocates.
+package ipam
