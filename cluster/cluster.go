@@ -14,6 +14,7 @@ import (
 	"log"
 	"log/slog"
 	"net"
+	"sort"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -44,8 +45,13 @@ type Cluster struct {
 
 	alive atomic.Int32 // alive members including us, for the retransmit limit
 
+	// memberlist's Members() hands out nodes it keeps mutating, so we keep
+	// our own copies, taken in the event callbacks under memberlist's lock.
+	membersMu sync.Mutex
+	members   map[string]Member
+
 	received, malformedRecs, malformedMsgs, decrypts atomic.Uint64
-	directSent, directRecv, directDropped           atomic.Uint64
+	directSent, directRecv, directDropped            atomic.Uint64
 
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -72,6 +78,8 @@ func New(cfg Config, h Handler) (*Cluster, error) {
 		direct: make(chan directMsg, 1024),
 		hello:  newHelloQueue(),
 		stop:   make(chan struct{}),
+		members: map[string]Member{cfg.NodeName: {
+			Name: cfg.NodeName, Addr: cfg.AdvertiseAddr, Port: cfg.BindPort, State: "alive"}},
 	}
 	c.alive.Store(1)
 	c.t.onIPConflict = func(newer, older Endpoint) {
@@ -256,10 +264,7 @@ func (c *Cluster) publish(kind, key string, build func(v uint64) item, check fun
 }
 
 func (c *Cluster) sendAll(msg []byte) {
-	for _, n := range c.ml.Members() {
-		if n.Name == c.self {
-			continue
-		}
+	for _, n := range c.peerNodes() {
 		if err := c.ml.SendBestEffort(n, msg); err != nil {
 			c.log.Debug("immediate send failed; gossip will retry", "to", n.Name, "err", err)
 		}
@@ -354,23 +359,48 @@ func (c *Cluster) SendTo(node, kind string, payload []byte) error {
 }
 
 func (c *Cluster) member(name string) *memberlist.Node {
-	if name == c.self {
+	c.membersMu.Lock()
+	defer c.membersMu.Unlock()
+	m, ok := c.members[name]
+	if !ok || name == c.self {
 		return nil
 	}
-	for _, n := range c.ml.Members() {
-		if n.Name == name {
-			return n
-		}
-	}
-	return nil
+	return &memberlist.Node{Name: m.Name, Addr: m.Addr, Port: uint16(m.Port)}
 }
 
-// Members lists the known nodes, this one included.
-func (c *Cluster) Members() []Member {
-	var out []Member
-	for _, n := range c.ml.Members() {
-		out = append(out, Member{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: int(n.Port), State: stateName(n.State)})
+func (c *Cluster) peerNodes() []*memberlist.Node {
+	c.membersMu.Lock()
+	defer c.membersMu.Unlock()
+	out := make([]*memberlist.Node, 0, len(c.members))
+	for _, m := range c.members {
+		if m.Name != c.self {
+			out = append(out, &memberlist.Node{Name: m.Name, Addr: m.Addr, Port: uint16(m.Port)})
+		}
 	}
+	return out
+}
+
+func (c *Cluster) setMember(n *memberlist.Node, present bool) {
+	c.membersMu.Lock()
+	defer c.membersMu.Unlock()
+	if !present {
+		delete(c.members, n.Name)
+		return
+	}
+	c.members[n.Name] = Member{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: int(n.Port), State: stateName(n.State)}
+}
+
+// Members lists the live nodes (alive or suspect), this one included,
+// sorted by name.
+func (c *Cluster) Members() []Member {
+	c.membersMu.Lock()
+	defer c.membersMu.Unlock()
+	out := make([]Member, 0, len(c.members))
+	for _, m := range c.members {
+		m.Addr = append(net.IP(nil), m.Addr...)
+		out = append(out, m)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out
 }
 
@@ -499,8 +529,8 @@ func (c *Cluster) joinLoop() {
 
 func (c *Cluster) missingPeers() []string {
 	have := map[string]bool{}
-	for _, n := range c.ml.Members() {
-		have[net.JoinHostPort(n.Addr.String(), strconv.Itoa(int(n.Port)))] = true
+	for _, m := range c.Members() {
+		have[net.JoinHostPort(m.Addr.String(), strconv.Itoa(m.Port))] = true
 	}
 	var out []string
 	for _, p := range c.cfg.Peers {

@@ -77,6 +77,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	if n.Name == c.self {
 		return
 	}
+	c.setMember(n, true)
 	c.mu.Lock()
 	was := c.t.isAlive(n.Name)
 	c.t.setAlive(n.Name, true, nil)
@@ -95,6 +96,7 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	if n.Name == c.self {
 		return
 	}
+	c.setMember(n, false)
 	var ch changes
 	c.mu.Lock()
 	was := c.t.isAlive(n.Name)
@@ -107,7 +109,11 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	c.notify.add(ch)
 }
 
-func (e *events) NotifyUpdate(n *memberlist.Node) {}
+func (e *events) NotifyUpdate(n *memberlist.Node) {
+	if c := (*Cluster)(e); n.Name != c.self {
+		c.setMember(n, true)
+	}
+}
 
 // helloQueue coalesces "send our own state to node X" requests and runs
 // them with bounded concurrency, so an unreachable node (TCP timeout)
