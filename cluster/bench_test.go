@@ -1,0 +1,157 @@
+package cluster
+
+import (
+	"fmt"
+	"net"
+	"sort"
+	"sync"
+	"testing"
+	"time"
+)
+
+// firstSeen records when each VNI was first reported to a node's handler.
+type firstSeen struct {
+	mu   sync.Mutex
+	seen map[uint32]time.Time
+}
+
+func (f *firstSeen) EndpointsChanged(vni uint32) {
+	now := time.Now()
+	f.mu.Lock()
+	if f.seen == nil {
+		f.seen = map[uint32]time.Time{}
+	}
+	if _, ok := f.seen[vni]; !ok {
+		f.seen[vni] = now
+	}
+	f.mu.Unlock()
+}
+
+func (f *firstSeen) at(vni uint32) (time.Time, bool) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	t, ok := f.seen[vni]
+	return t, ok
+}
+
+func percentile(d []time.Duration, p float64) time.Duration {
+	s := append([]time.Duration(nil), d...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	return s[min(len(s)-1, int(float64(len(s))*p))]
+}
+
+// BenchmarkPropagation measures the time until an endpoint published on
+// one node is known on every other node, at 10, 50 and 100 memberlist
+// instances in this process on 127.0.0.1. Each sample uses a fresh VNI so
+// the first handler call on a node marks arrival. Defaults otherwise
+// (DeadTimeout 10s => probe 1s, gossip 200ms, push/pull 30s).
+//
+//	go test ./cluster -run XXX -bench Propagation -benchtime 1x
+func BenchmarkPropagation(b *testing.B) {
+	for _, n := range []int{10, 50, 100} {
+		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
+			const samples = 60
+			for range b.N {
+				hs := make([]*firstSeen, n)
+				nodes := make([]*Cluster, n)
+				for i := range n {
+					hs[i] = &firstSeen{}
+					o := nodeOpts{dead: 10 * time.Second}
+					if i > 0 {
+						o.peers = []string{addr(nodes[0])}
+					}
+					nodes[i] = startNode(b, fmt.Sprintf("n%d", i), o, hs[i])
+				}
+				eventually(b, 60*time.Second, "full membership", func() bool {
+					for _, c := range nodes {
+						if c.alive.Load() != int32(n) {
+							return false
+						}
+					}
+					return true
+				})
+				var all, each []time.Duration
+				for s := range samples {
+					vni := uint32(1000 + s)
+					src := s % n
+					start := time.Now()
+					ep := Endpoint{VNI: vni, ID: "bench", IP: net.IPv4(10, 1, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}}
+					if err := nodes[src].PublishEndpoint(ep); err != nil {
+						b.Fatal(err)
+					}
+					var last time.Duration
+					eventually(b, 30*time.Second, "endpoint known everywhere", func() bool {
+						for i := range n {
+							if i == src {
+								continue
+							}
+							if _, ok := hs[i].at(vni); !ok {
+								return false
+							}
+						}
+						return true
+					})
+					for i := range n {
+						if i == src {
+							continue
+						}
+						at, _ := hs[i].at(vni)
+						d := at.Sub(start)
+						each = append(each, d)
+						last = max(last, d)
+					}
+					all = append(all, last)
+				}
+				b.ReportMetric(float64(percentile(all, 0.5).Microseconds())/1000, "all-p50-ms")
+				b.ReportMetric(float64(percentile(all, 0.99).Microseconds())/1000, "all-p99-ms")
+				b.ReportMetric(float64(percentile(each, 0.5).Microseconds())/1000, "node-p50-ms")
+				b.ReportMetric(float64(percentile(each, 0.99).Microseconds())/1000, "node-p99-ms")
+				for _, c := range nodes {
+					c.Shutdown()
+				}
+			}
+		})
+	}
+}
+
+// BenchmarkJoinLearn measures how long a new node takes to learn 10,000
+// existing endpoints held by 10 nodes (1,000 each, over 10 VNIs).
+//
+//	go test ./cluster -run XXX -bench JoinLearn -benchtime 1x
+func BenchmarkJoinLearn(b *testing.B) {
+	const owners, per, vnis = 10, 1000, 10
+	for range b.N {
+		nodes := startCluster(b, owners, nodeOpts{dead: 10 * time.Second})
+		for i, c := range nodes {
+			for j := range per {
+				ip := net.IPv4(10, byte(i), byte(j>>8), byte(j&0xff)+1)
+				id := fmt.Sprintf("%064x", i*per+j)
+				ep := Endpoint{VNI: uint32(1 + j%vnis), ID: id, IP: ip, MAC: net.HardwareAddr{2, 0, 0, byte(i), byte(j >> 8), byte(j)}}
+				if err := c.PublishEndpoint(ep); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		total := func(c *Cluster) int {
+			n := 0
+			for v := range vnis {
+				n += len(c.Endpoints(uint32(1 + v)))
+			}
+			return n
+		}
+		eventually(b, 60*time.Second, "existing nodes converge", func() bool { return total(nodes[0]) == (owners-1)*per })
+		start := time.Now()
+		joiner := startNode(b, "joiner", nodeOpts{dead: 10 * time.Second, peers: []string{addr(nodes[0])}}, nil)
+		d := eventually(b, 60*time.Second, "joiner learns 10,000 endpoints", func() bool { return total(joiner) == owners*per })
+		_ = start
+		b.ReportMetric(float64(d.Microseconds())/1000, "learn-10k-ms")
+		b.ReportMetric(float64(len(encodeState(func() stateMsg {
+			joiner.mu.Lock()
+			defer joiner.mu.Unlock()
+			return joiner.t.snapshot(1, 0, false)
+		}())))/1024, "state-KiB")
+		for _, c := range append(nodes, joiner) {
+			c.Shutdown()
+		}
+	}
+}
