@@ -62,14 +62,23 @@ func BenchmarkPropagation(b *testing.B) {
 					}
 					nodes[i] = startNode(b, fmt.Sprintf("n%d", i), o, hs[i])
 				}
-				eventually(b, 60*time.Second, "full membership", func() bool {
+				deadline := time.Now().Add(60 * time.Second)
+				for {
+					var counts []int
+					ok := true
 					for _, c := range nodes {
-						if c.alive.Load() != int32(n) {
-							return false
-						}
+						a := int(c.alive.Load())
+						counts = append(counts, a)
+						ok = ok && a == n
 					}
-					return true
-				})
+					if ok {
+						break
+					}
+					if time.Now().After(deadline) {
+						b.Fatalf("no full membership after 60s; alive counts per node: %v", counts)
+					}
+					time.Sleep(50 * time.Millisecond)
+				}
 				var all, each []time.Duration
 				for s := range samples {
 					vni := uint32(1000 + s)
