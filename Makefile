@@ -1,0 +1,76 @@
+# vxovl: build, package and test the Docker network plugin.
+# Every target works as root on a fresh Debian/Ubuntu machine; `make deps` installs what is missing.
+
+export PATH := /usr/local/go/bin:$(PATH)
+export CGO_ENABLED ?= 0
+
+GO          ?= go
+PLUGIN_NAME ?= vxovl
+PLUGIN_DIR  := build/plugin
+ROOTFS      := $(PLUGIN_DIR)/rootfs
+N           ?= 3
+E2E_TIMEOUT ?= 25m
+
+# Debian/Ubuntu packages the lab, demo and e2e tests run on.
+DEPS := docker.io iproute2 util-linux kmod busybox-static iperf3 docker-registry docker-compose
+
+.PHONY: all build plugin deps test unit e2e vet demo lab-up lab-down clean
+
+all: build
+
+build:
+	$(GO) build ./...
+	$(GO) build -o build/vxovl ./plugin
+
+# The managed plugin's directory, ready for `docker plugin create $(PLUGIN_NAME) $(PLUGIN_DIR)`.
+plugin:
+	rm -rf $(PLUGIN_DIR)
+	mkdir -p $(ROOTFS)/usr/bin $(ROOTFS)/run/docker/plugins $(ROOTFS)/run/vxovl \
+		$(ROOTFS)/var/lib/vxovl $(ROOTFS)/proc $(ROOTFS)/sys $(ROOTFS)/dev $(ROOTFS)/etc $(ROOTFS)/tmp
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(ROOTFS)/usr/bin/vxovl ./plugin
+	cp config.json $(PLUGIN_DIR)/config.json
+
+# Installs only the packages that are missing (apt-get update first, and only then).
+# policy-rc.d keeps the freshly installed docker.io from starting a system dockerd.
+deps:
+	@missing=""; \
+	for p in $(DEPS); do \
+		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+		echo "installing:$$missing"; \
+		nopolicy=; if [ ! -e /usr/sbin/policy-rc.d ]; then nopolicy=1; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
+		DEBIAN_FRONTEND=noninteractive apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; rc=$$?; \
+		[ -z "$$nopolicy" ] || rm -f /usr/sbin/policy-rc.d; \
+		exit $$rc; \
+	fi
+	@command -v $(GO) >/dev/null || { echo "Go not found: install it under /usr/local/go" >&2; exit 1; }
+	@modprobe -q vxlan 2>/dev/null || true
+	@modprobe -q bridge 2>/dev/null || true
+	@modprobe -q veth 2>/dev/null || true
+
+vet:
+	$(GO) vet ./...
+
+unit:
+	$(GO) test -count=1 ./...
+
+# The lab end-to-end tests: real dockerds in network namespaces (root only).
+e2e:
+	VXOVL_E2E=1 $(GO) test -count=1 -v -timeout $(E2E_TIMEOUT) ./tests/e2e/
+
+test: deps plugin unit e2e
+
+demo: deps plugin
+	examples/demo.sh
+
+lab-up: deps plugin
+	examples/lab/lab.sh up $(N)
+
+lab-down:
+	examples/lab/lab.sh down
+
+clean:
+	-examples/lab/lab.sh down
+	rm -rf build

@@ -1,0 +1,415 @@
+#!/usr/bin/env bash
+# A multi-host Docker lab on one machine: one network namespace and one real dockerd per
+# simulated host, joined by an underlay bridge that lives in its own namespace so that no lab
+# packet can reach the machine's real network.
+#
+#   lab.sh up N                       start hosts 1..N
+#   lab.sh down                       stop and remove everything the lab made (idempotent)
+#   lab.sh docker I ARGS...           docker client against host I
+#   lab.sh exec I CMD...              run CMD in host I's network namespace
+#   lab.sh install-plugin I [K=V...]  create, configure and enable vxovl on host I
+#   lab.sh registry                   start a local registry on the underlay ($LAB_REGISTRY)
+#   lab.sh overlays I                 list the overlay namespaces vxovl pinned on host I
+#   lab.sh status                     what is running
+#
+# Environment:
+#   LAB_NAME      prefix of namespaces and the lab dir (default vxlab)
+#   LAB_SUBNET    first three octets of the underlay /24 (default 10.98.0: hosts .1 .. .N)
+#   LAB_DIR       where hosts keep their data (default /tmp/$LAB_NAME)
+#   LAB_REGISTRY  registry address every dockerd trusts without TLS (default $LAB_SUBNET.250:5000;
+#                 empty: none)
+#   LAB_PLUGIN    plugin name (default vxovl) and LAB_PLUGIN_DIR its directory
+#                 (default build/plugin of this repository)
+#   LAB_PLUGIN_REF install-plugin pulls this reference (docker plugin install) instead of
+#                 creating the plugin from LAB_PLUGIN_DIR
+set -euo pipefail
+
+LAB_NAME=${LAB_NAME:-vxlab}
+LAB_SUBNET=${LAB_SUBNET:-10.98.0}
+LAB_SUBNET=${LAB_SUBNET%.0/24} # accept 10.98.0.0/24 too
+LAB_DIR=${LAB_DIR:-/tmp/$LAB_NAME}
+LAB_REGISTRY=${LAB_REGISTRY-$LAB_SUBNET.250:5000}
+LAB_PLUGIN=${LAB_PLUGIN:-vxovl}
+REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+LAB_PLUGIN_DIR=${LAB_PLUGIN_DIR:-$REPO_ROOT/build/plugin}
+WIRE=$LAB_NAME-wire
+
+case $LAB_DIR in
+/ | /tmp | /tmp/ | "") echo "lab.sh: refusing LAB_DIR=$LAB_DIR" >&2 && exit 2 ;;
+esac
+case $LAB_SUBNET in
+192.0.2 | 192.0.2.*) echo "lab.sh: 192.0.2.0/24 is this machine's own network: pick another LAB_SUBNET" >&2 && exit 2 ;;
+esac
+
+log() { printf '[lab %s] %s\n' "$LAB_NAME" "$*" >&2; }
+die() { printf 'lab.sh: %s\n' "$*" >&2; exit 1; }
+
+hostdir() { echo "$LAB_DIR/h$1"; }
+hostns() { echo "$LAB_NAME-h$1"; }
+hostaddr() { echo "$LAB_SUBNET.$1"; }
+sock() { echo "unix://$(hostdir "$1")/docker.sock"; }
+
+# Hosts that exist, from their dirs (so down works without knowing N).
+hosts() {
+	local d
+	for d in "$LAB_DIR"/h*; do
+		[ -d "$d" ] && echo "${d##*/h}"
+	done | sort -n
+}
+
+# wait_until SECONDS CMD...: poll CMD until it succeeds or the deadline passes.
+wait_until() {
+	local deadline=$((SECONDS + $1))
+	shift
+	until "$@" >/dev/null 2>&1; do
+		[ $SECONDS -lt $deadline ] || return 1
+		sleep 0.05
+	done
+}
+
+ldocker() {
+	local i=$1
+	shift
+	docker -H "$(sock "$i")" "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
+# images
+
+# make_rootfs_busybox DIR: a root filesystem with busybox-static and its applet links.
+make_rootfs_busybox() {
+	local root=$1 bb=/bin/busybox a
+	[ -x "$bb" ] || bb=$(command -v busybox) || die "busybox not found: apt-get install busybox-static"
+	file_is_static "$bb" || die "$bb is not static: apt-get install busybox-static"
+	mkdir -p "$root"/{bin,sbin,etc,tmp,proc,sys,dev,root}
+	cp "$bb" "$root/bin/busybox"
+	chroot "$root" /bin/busybox --install -s /bin
+	echo 'root:x:0:0:root:/root:/bin/sh' >"$root/etc/passwd"
+	echo 'root:x:0:' >"$root/etc/group"
+}
+
+file_is_static() { ! ldd "$1" >/dev/null 2>&1; }
+
+# add_iperf3 DIR: iperf3 and the libraries ldd lists for it.
+add_iperf3() {
+	local root=$1 bin lib
+	bin=$(command -v iperf3) || die "iperf3 not found: apt-get install iperf3"
+	mkdir -p "$root/usr/bin"
+	cp "$bin" "$root/usr/bin/iperf3"
+	for lib in $(ldd "$bin" | grep -o '/[^ ]*'); do
+		mkdir -p "$root$(dirname "$lib")"
+		cp -L "$lib" "$root$lib"
+	done
+}
+
+build_images() {
+	local img=$LAB_DIR/images
+	mkdir -p "$img"
+	make_rootfs_busybox "$img/busybox"
+	cp -a "$img/busybox" "$img/iperf3"
+	add_iperf3 "$img/iperf3"
+	tar -C "$img/busybox" -cf "$img/busybox.tar" .
+	tar -C "$img/iperf3" -cf "$img/iperf3.tar" .
+	rm -rf "$img/busybox" "$img/iperf3"
+}
+
+import_images() {
+	local i=$1 img=$LAB_DIR/images
+	ldocker "$i" import -c 'CMD ["/bin/sh"]' "$img/busybox.tar" vxovl/busybox >/dev/null
+	ldocker "$i" import -c 'CMD ["/usr/bin/iperf3","-s"]' "$img/iperf3.tar" vxovl/iperf3 >/dev/null
+}
+
+# ---------------------------------------------------------------------------------------------
+# up
+
+start_dockerd() {
+	local i=$1 d ns regflag=""
+	d=$(hostdir "$i")
+	ns=$(hostns "$i")
+	mkdir -p "$d/data" "$d/exec" "$d/state"
+	# The plugin's propagated mount reaches this host's view only through a shared mount.
+	mount --bind "$d/data" "$d/data"
+	mount --make-shared "$d/data"
+	[ -z "$LAB_REGISTRY" ] || regflag="--insecure-registry $LAB_REGISTRY"
+	# ip netns exec would remount /sys and hide the cgroup mounts dockerd needs: use nsenter for
+	# the network and unshare for a private mount (own plugin sockets, own daemon id) and UTS.
+	nsenter --net="/run/netns/$ns" unshare --mount --uts --propagation unchanged sh -c "
+		hostname $ns
+		mount -t tmpfs -o mode=0700 t /run/docker/plugins
+		mount -t tmpfs -o mode=0755 t /etc/docker
+		mkdir -p /etc/docker/plugins
+		exec setsid dockerd --data-root $d/data --exec-root $d/exec -H $(sock "$i") \
+			--pidfile $d/pid --iptables=false --bridge=none $regflag" \
+		>"$d/dockerd.log" 2>&1 </dev/null &
+}
+
+cmd_up() {
+	local n=${1:-3} i
+	[[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || die "up N: N must be 1..200"
+	[ ! -e "/run/netns/$WIRE" ] || die "lab $LAB_NAME is already up (lab.sh down first)"
+	command -v dockerd >/dev/null || die "dockerd not found: run make deps"
+	mkdir -p "$LAB_DIR"
+	build_images
+
+	ip netns add "$WIRE"
+	ip -n "$WIRE" link set lo up
+	ip -n "$WIRE" link add ulbr type bridge # not "br": ip parses that as a keyword
+	ip -n "$WIRE" link set ulbr up
+	# The wire namespace holds .250 for the lab registry.
+	ip -n "$WIRE" addr add "$LAB_SUBNET.250/24" dev ulbr
+	for i in $(seq 1 "$n"); do
+		ip netns add "$(hostns "$i")"
+		ip -n "$WIRE" link add "w-h$i" type veth peer name eth0 netns "$(hostns "$i")"
+		ip -n "$WIRE" link set "w-h$i" master ulbr up
+		ip -n "$(hostns "$i")" addr add "$(hostaddr "$i")/24" dev eth0
+		ip -n "$(hostns "$i")" link set eth0 up
+		ip -n "$(hostns "$i")" link set lo up
+		start_dockerd "$i"
+	done
+	for i in $(seq 1 "$n"); do
+		wait_until 30 ldocker "$i" info ||
+			die "dockerd of host $i did not answer within 30s: see $(hostdir "$i")/dockerd.log"
+	done
+	# wait for the imports only: dockerd is a child of this shell too.
+	local pids=()
+	for i in $(seq 1 "$n"); do
+		import_images "$i" &
+		pids+=($!)
+	done
+	for i in "${pids[@]}"; do wait "$i" || die "importing images failed"; done
+	log "up: $n hosts on $LAB_SUBNET.0/24 (${SECONDS}s); try: $0 docker 1 ps"
+}
+
+# ---------------------------------------------------------------------------------------------
+# down
+
+# Inodes of the network namespaces this lab created.
+lab_netns_inodes() {
+	local f
+	for f in /run/netns/"$LAB_NAME"-*; do
+		[ -e "$f" ] && stat -L -c %i "$f" 2>/dev/null
+	done
+	true
+}
+
+# Processes this lab started: every process inside one of the lab's network namespaces
+# (dockerd, containerd, shims, plugins, registry) or whose command line names the lab dir,
+# plus all their descendants (containers). Never the caller or its ancestors.
+lab_pids() {
+	local inodes self p
+	inodes=$(lab_netns_inodes | tr '\n' ' ')
+	self=" $$ $(ancestors $$) "
+	{
+		if [ -n "${inodes// /}" ]; then
+			stat -L -c '%i %n' /proc/[0-9]*/ns/net 2>/dev/null |
+				awk -v want="$inodes" 'BEGIN { split(want, w, " "); for (k in w) ok[w[k]] = 1 }
+					($1 in ok) { split($2, f, "/"); print f[3] }'
+		fi
+		grep -lsF "$LAB_DIR/" /proc/[0-9]*/cmdline | cut -d/ -f3
+	} | sort -u | descendants_of | awk -v self="$self" 'index(self, " " $1 " ") == 0' |
+		while read -r p; do if [ -d "/proc/$p" ]; then echo "$p"; fi; done # the grep above saw itself
+}
+
+ancestors() {
+	local p=$1
+	while p=$(awk '/^PPid:/{print $2}' "/proc/$p/status" 2>/dev/null) && [ "${p:-0}" -gt 1 ]; do
+		echo "$p"
+	done | tr '\n' ' '
+}
+
+# Reads pids on stdin, prints them and all their descendants.
+descendants_of() {
+	local roots
+	roots=$(tr '\n' ' ')
+	[ -n "${roots// /}" ] || return 0
+	ps -e -o pid=,ppid= | awk -v roots="$roots" '
+		BEGIN { n = split(roots, r, /[ \n]+/); for (i = 1; i <= n; i++) if (r[i] != "") keep[r[i]] = 1 }
+		{ parent[$1] = $2 }
+		END {
+			do { changed = 0
+				for (p in parent) if (!(p in keep) && (parent[p] in keep)) { keep[p] = 1; changed = 1 }
+			} while (changed)
+			for (p in keep) print p
+		}'
+}
+
+alive() { kill -0 "$1" 2>/dev/null; }
+
+stop_dockerd() {
+	local i=$1 d pid
+	d=$(hostdir "$i")
+	# Graceful first, so plugins see their networks and endpoints go away.
+	if [ -S "$d/docker.sock" ] && timeout 5 docker -H "$(sock "$i")" info >/dev/null 2>&1; then
+		local ids
+		ids=$(ldocker "$i" ps -aq 2>/dev/null || true)
+		[ -z "$ids" ] || ldocker "$i" rm -f $ids >/dev/null 2>&1 || true
+		ids=$(ldocker "$i" network ls -q --filter type=custom 2>/dev/null || true)
+		[ -z "$ids" ] || ldocker "$i" network rm $ids >/dev/null 2>&1 || true
+		for pid in $(ldocker "$i" plugin ls -q 2>/dev/null || true); do
+			ldocker "$i" plugin disable -f "$pid" >/dev/null 2>&1 || true
+			ldocker "$i" plugin rm -f "$pid" >/dev/null 2>&1 || true
+		done
+	fi
+	pid=$(cat "$d/pid" 2>/dev/null || true)
+	[ -n "$pid" ] && alive "$pid" || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	wait_until 15 sh -c "! kill -0 $pid" || { log "dockerd $pid (host $i) ignored TERM: KILL"; kill -KILL "$pid" 2>/dev/null || true; }
+}
+
+kill_leftovers() {
+	local pids
+	pids=$(lab_pids | tr '\n' ' ')
+	[ -n "${pids// /}" ] || return 0
+	log "terminating leftover processes: $pids"
+	kill -TERM $pids 2>/dev/null || true
+	wait_until 5 sh -c "! kill -0 $pids 2>/dev/null && exit 0; for p in $pids; do kill -0 \$p 2>/dev/null && exit 1; done; exit 0" || {
+		kill -KILL $pids 2>/dev/null || true
+		wait_until 5 sh -c "for p in $pids; do kill -0 \$p 2>/dev/null && exit 1; done; exit 0" || log "still alive: $pids"
+	}
+}
+
+# Mount points under the lab dir, deepest first (lazy unmount as a last resort: a busy mount
+# must not stop the rest of the teardown).
+unmount_all() {
+	local m pass
+	for pass in 1 2 3; do
+		local found=0
+		for m in $(awk -v dir="$LAB_DIR" '$5 == dir || index($5, dir "/") == 1 { print $5 }' /proc/self/mountinfo | awk '{ print length, $0 }' | sort -rn | cut -d' ' -f2-); do
+			found=1
+			umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+		done
+		[ $found = 1 ] || return 0
+	done
+}
+
+stop_registry() {
+	local pid
+	pid=$(cat "$LAB_DIR/registry/pid" 2>/dev/null || true)
+	[ -n "$pid" ] && alive "$pid" || return 0
+	kill -TERM "$pid" 2>/dev/null || true
+	wait_until 5 sh -c "! kill -0 $pid" || kill -KILL "$pid" 2>/dev/null || true
+}
+
+cmd_down() {
+	local i ns
+	if [ -d "$LAB_DIR" ]; then
+		local pids=()
+		for i in $(hosts); do
+			stop_dockerd "$i" &
+			pids+=($!)
+		done
+		for i in "${pids[@]}"; do wait "$i" || true; done
+		stop_registry
+	fi
+	kill_leftovers
+	unmount_all
+	for ns in /run/netns/"$LAB_NAME"-*; do
+		[ -e "$ns" ] || continue
+		ip netns del "${ns##*/}" 2>/dev/null || { umount -l "$ns" 2>/dev/null; rm -f "$ns"; }
+	done
+	if [ -d "$LAB_DIR" ]; then
+		# Anything still mounted here would make rm walk into live data: check first.
+		if awk -v dir="$LAB_DIR" '$5 == dir || index($5, dir "/") == 1 { f = 1 } END { exit !f }' /proc/self/mountinfo; then
+			die "mounts remain under $LAB_DIR; not removing it"
+		fi
+		rm -rf --one-file-system "$LAB_DIR"
+	fi
+	log "down (${SECONDS}s)"
+}
+
+# ---------------------------------------------------------------------------------------------
+# plugin, registry, status
+
+cmd_install_plugin() {
+	local i=${1:?install-plugin I [KEY=VAL...]} d kv has_addr=0
+	shift
+	d=$(hostdir "$i")
+	[ -n "${LAB_PLUGIN_REF:-}" ] || [ -f "$LAB_PLUGIN_DIR/config.json" ] || die "$LAB_PLUGIN_DIR has no config.json: run make plugin"
+	for kv in "$@"; do [[ $kv == ADVERTISE_ADDR=* ]] && has_addr=1; done
+	[ $has_addr = 1 ] || set -- "ADVERTISE_ADDR=$(hostaddr "$i")" "$@"
+	if ldocker "$i" plugin inspect "$LAB_PLUGIN" >/dev/null 2>&1; then
+		ldocker "$i" plugin disable -f "$LAB_PLUGIN" >/dev/null 2>&1 || true
+		ldocker "$i" plugin rm -f "$LAB_PLUGIN" >/dev/null
+	fi
+	mkdir -p "$d/state"
+	if [ -n "${LAB_PLUGIN_REF:-}" ]; then
+		# Disabled first: the default state source (/var/lib/vxovl) is not this host's.
+		ldocker "$i" plugin install --disable --grant-all-permissions --alias "$LAB_PLUGIN" "$LAB_PLUGIN_REF" >/dev/null
+	else
+		ldocker "$i" plugin create "$LAB_PLUGIN" "$LAB_PLUGIN_DIR" >/dev/null
+	fi
+	ldocker "$i" plugin set "$LAB_PLUGIN" "state.source=$d/state" "$@"
+	ldocker "$i" plugin enable "$LAB_PLUGIN" >/dev/null
+}
+
+cmd_registry() {
+	local r=$LAB_DIR/registry
+	[ -n "$LAB_REGISTRY" ] || die "LAB_REGISTRY is empty"
+	[ -e "/run/netns/$WIRE" ] || die "lab $LAB_NAME is not up"
+	command -v docker-registry >/dev/null || die "docker-registry not found: apt-get install docker-registry"
+	if [ -f "$r/pid" ] && alive "$(cat "$r/pid")"; then return 0; fi
+	mkdir -p "$r/data"
+	cat >"$r/config.yml" <<-EOF
+		version: 0.1
+		log:
+		  level: warn
+		storage:
+		  filesystem:
+		    rootdirectory: $r/data
+		http:
+		  addr: $LAB_REGISTRY
+	EOF
+	nsenter --net="/run/netns/$WIRE" setsid docker-registry serve "$r/config.yml" >"$r/log" 2>&1 </dev/null &
+	echo $! >"$r/pid"
+	wait_until 15 nsenter --net="/run/netns/$WIRE" bash -c "exec 3<>/dev/tcp/${LAB_REGISTRY%:*}/${LAB_REGISTRY##*:}" ||
+		die "registry did not listen on $LAB_REGISTRY: see $r/log"
+	log "registry on $LAB_REGISTRY"
+}
+
+# The overlay namespaces vxovl pinned under its propagated mount (/run/vxovl/netns/).
+cmd_overlays() {
+	local i=${1:?overlays I}
+	ls -1d "$(hostdir "$i")"/data/plugins/*/propagated-mount/netns/* 2>/dev/null || true
+}
+
+cmd_status() {
+	local i pid
+	echo "lab $LAB_NAME: dir $LAB_DIR, underlay $LAB_SUBNET.0/24"
+	ip netns list | grep "^$LAB_NAME-" || echo "(no namespaces)"
+	for i in $(hosts); do
+		pid=$(cat "$(hostdir "$i")/pid" 2>/dev/null || true)
+		if [ -n "$pid" ] && alive "$pid"; then
+			echo "host $i: $(hostaddr "$i") dockerd pid $pid"
+			ldocker "$i" plugin ls 2>/dev/null | sed 's/^/    /'
+			ldocker "$i" ps --format '    {{.Names}} {{.Image}} {{.Status}}' 2>/dev/null
+		else
+			echo "host $i: dockerd not running"
+		fi
+	done
+}
+
+cmd=${1:-}
+[ $# -eq 0 ] || shift
+case $cmd in
+up) cmd_up "$@" ;;
+down) cmd_down ;;
+docker)
+	i=${1:?docker I ARGS...}
+	shift
+	exec docker -H "$(sock "$i")" "$@"
+	;;
+exec)
+	i=${1:?exec I CMD...}
+	shift
+	exec nsenter --net="/run/netns/$(hostns "$i")" "$@"
+	;;
+install-plugin) cmd_install_plugin "$@" ;;
+registry) cmd_registry ;;
+overlays) cmd_overlays "$@" ;;
+status) cmd_status ;;
+pids) lab_pids ;;
+*)
+	sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
+	exit 2
+	;;
+esac
