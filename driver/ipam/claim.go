@@ -3,6 +3,7 @@ package ipam
 import (
 	"encoding/json"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"sort"
 	"strings"
@@ -13,6 +14,7 @@ import (
 type claimMsg struct {
 	Op     string   `json:"op"` // opRequest, opAck, opNack
 	ID     uint64   `json:"id"`
+	Ticket uint64   `json:"t,omitempty"` // request: random priority among concurrent claims
 	Prefix string   `json:"p"`
 	Pin    bool     `json:"pin,omitempty"`
 	Reason string   `json:"r,omitempty"`  // nack
@@ -29,6 +31,23 @@ type reply struct {
 	from string
 	msg  claimMsg
 	err  error // sending the request failed
+}
+
+// pendingClaim is a claim round in flight. A round that ACKed a conflicting
+// claim of higher priority is doomed: it can no longer succeed, which is
+// what makes yielding safe (see the package doc).
+type pendingClaim struct {
+	pin    bool
+	ticket uint64
+	doomed string // who we yielded to
+}
+
+// outranks orders concurrent conflicting claims: higher (ticket, node) wins.
+func outranks(ticket uint64, node string, other uint64, otherNode string) bool {
+	if ticket != other {
+		return ticket > other
+	}
+	return node > otherNode
 }
 
 type waiter struct {
@@ -62,7 +81,8 @@ func (d *Driver) claim(subnet, prefix netip.Prefix, pin bool) error {
 		d.claimsLost.Add(1)
 		return &claimError{reason}
 	}
-	d.pending[prefix] = pin
+	ticket := rand.Uint64()
+	d.pending[prefix] = &pendingClaim{pin: pin, ticket: ticket}
 	d.nextID++
 	id := d.nextID
 	required := d.peers()
@@ -84,7 +104,7 @@ func (d *Driver) claim(subnet, prefix netip.Prefix, pin bool) error {
 		}
 	}()
 
-	payload, err := json.Marshal(claimMsg{Op: opRequest, ID: id, Prefix: prefix.String(), Pin: pin})
+	payload, err := json.Marshal(claimMsg{Op: opRequest, ID: id, Ticket: ticket, Prefix: prefix.String(), Pin: pin})
 	if err != nil {
 		return fmt.Errorf("encoding claim request: %w", err)
 	}
@@ -142,6 +162,9 @@ func (d *Driver) claim(subnet, prefix netip.Prefix, pin bool) error {
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if pc := d.pending[prefix]; pc != nil && pc.doomed != "" {
+		return &claimError{fmt.Sprintf("claim of %s yielded to a concurrent claim by node %s", prefix, pc.doomed)}
+	}
 	now := time.Now()
 	for _, r := range acked {
 		for _, s := range r.msg.Pins {
@@ -193,21 +216,32 @@ func (d *Driver) localConflictLocked(q netip.Prefix, pin bool) string {
 	return ""
 }
 
-// refusalLocked is why we refuse from's claim of q, or "".
-func (d *Driver) refusalLocked(from string, q netip.Prefix, pin bool) string {
+// refusalLocked is why we refuse from's claim of q, or "". A conflicting
+// round of ours in flight is refused if it outranks the request, and
+// otherwise doomed (it yields) when we ACK.
+func (d *Driver) refusalLocked(from string, q netip.Prefix, pin bool, ticket uint64) string {
 	for _, c := range d.owned {
 		if clash(ownedShape(c), q, pin) {
 			return fmt.Sprintf("it holds %s", c.Prefix)
 		}
 	}
-	for p, ppin := range d.pending {
-		if clash(shape{prefix: p, pin: ppin, pending: true}, q, pin) {
-			return fmt.Sprintf("it is claiming %s itself", p)
-		}
-	}
 	for _, r := range d.known {
 		if r.Owner != from && clash(remoteShape(r), q, pin) {
 			return fmt.Sprintf("node %s holds %s", r.Owner, r.Prefix)
+		}
+	}
+	var yield []*pendingClaim
+	for p, pc := range d.pending {
+		if clash(shape{prefix: p, pin: pc.pin, pending: true}, q, pin) || clash(shape{prefix: q, pin: pin, pending: true}, p, pc.pin) {
+			if pc.doomed == "" && outranks(pc.ticket, d.self, ticket, from) {
+				return fmt.Sprintf("it is claiming %s itself", p)
+			}
+			yield = append(yield, pc)
+		}
+	}
+	for _, pc := range yield {
+		if pc.doomed == "" {
+			pc.doomed = from
 		}
 	}
 	return ""
@@ -230,7 +264,7 @@ func (d *Driver) onMessage(from string, payload []byte) {
 	case opRequest:
 		ans := claimMsg{Op: opAck, ID: m.ID, Prefix: m.Prefix}
 		d.mu.Lock()
-		if reason := d.refusalLocked(from, q, m.Pin); reason != "" {
+		if reason := d.refusalLocked(from, q, m.Pin, m.Ticket); reason != "" {
 			ans.Op, ans.Reason = opNack, reason
 		} else if !m.Pin {
 			for _, c := range d.owned {

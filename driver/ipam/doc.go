@@ -28,22 +28,25 @@
 // "ipam-pin"). A member M answers NACK if P conflicts with a claim M owns or
 // has pending, or with a claim of a third node that M knows of (from
 // records, including records of owners that are currently unreachable);
-// otherwise ACK. Conflict means: two blocks overlap, two pins are equal, a
+// otherwise ACK. Concurrent rounds are ranked by a random ticket carried in
+// the request (ties: node name): a member whose own conflicting round
+// outranks the request NACKs; otherwise it ACKs and its own round is doomed,
+// i.e. it fails when its answers are in. Conflict means: two blocks overlap, two pins are equal, a
 // pin lies inside a block of another node, or a block contains a pin that
 // is still pending. A block may contain pins that are already owned: the
 // ACK lists the acker's pins inside P, and N never allocates them.
 //
 // Safety argument. Suppose A and C both successfully claim conflicting
-// prefixes while each is in the other's membership view. Each needed the
-// other's ACK. A's ACK to C was given at some time tA while A had nothing
-// conflicting pending or owned; since A's claim succeeded, A's pending-then-
-// owned interval is continuous from its start pA, so tA < pA. C's request
-// was sent during C's own pending interval, which started at pC <= tA and
-// lasts until C learns the outcome; since C succeeded, C is continuously
-// pending-then-owned from pC on. A's request reached C at tC > pA > tA >= pC,
-// so C was pending or owning at tC and must have NACKed: contradiction. At
-// most one of two concurrent conflicting claims wins (both may lose; the
-// loser backs off with jitter and tries another random free block). Owners
+// prefixes while each is in the other's membership view, A's round in flight
+// from pA, C's from pC. Each needed the other's ACK. A node that ACKs a
+// conflicting request while its own round is in flight dooms that round, so
+// A's ACK to C, at time tA, came before pA; C sent that request during its
+// round, so pC <= tA < pA. A's request reached C at tC > pA, when C was still
+// in its round or already owned the prefix: C either NACKed, or ACKed and
+// doomed its own round. Either way one of the two failed: contradiction. So
+// at most one of concurrent conflicting claims wins; ranking makes the
+// top-ranked round win unless an owner refuses it, and a loser backs off
+// with jitter and tries another random free block. Owners
 // NACK forever, so a later claimant that sees the owner is refused even if
 // it has not received the owner's record yet.
 //

@@ -96,7 +96,7 @@ type Driver struct {
 	mu          sync.Mutex
 	pools       map[string]*pool
 	owned       map[netip.Prefix]*claim
-	pending     map[netip.Prefix]bool // value: the claim is a pin
+	pending     map[netip.Prefix]*pendingClaim
 	allocs      map[netip.Addr]*allocation
 	known       map[knownKey]*remoteClaim
 	reported    map[string]bool
@@ -137,7 +137,7 @@ func New(cfg Config, cl Cluster, st *store.Store) (*Driver, error) {
 		cfg: cfg, self: cfg.NodeName, cl: cl, st: st, log: cfg.Logger,
 		pools:       map[string]*pool{},
 		owned:       map[netip.Prefix]*claim{},
-		pending:     map[netip.Prefix]bool{},
+		pending:     map[netip.Prefix]*pendingClaim{},
 		allocs:      map[netip.Addr]*allocation{},
 		known:       map[knownKey]*remoteClaim{},
 		reported:    map[string]bool{},
@@ -543,9 +543,13 @@ func (d *Driver) dynamic(p *pool, mac string) (netip.Addr, error) {
 		}
 		b, ok := d.pickBlock(p)
 		if !ok {
-			return netip.Addr{}, fmt.Errorf("%w in %s for this host: its blocks are full and no free block is left "+
-				"(blocks held by unreachable hosts stay reserved for %s); remove containers or use a larger --subnet/--ip-range: %w",
-				ErrExhausted, p.Range, d.cfg.OrphanTimeout, errors.Join(errorsOf(tried)...))
+			msg := fmt.Sprintf("%v in %s for this host: its blocks are full and no free block is left "+
+				"(blocks held by unreachable hosts stay reserved for %s); remove containers or use a larger --subnet/--ip-range",
+				ErrExhausted, p.Range, d.cfg.OrphanTimeout)
+			if len(tried) > 0 {
+				msg += "; last claim error: " + tried[len(tried)-1]
+			}
+			return netip.Addr{}, fmt.Errorf("%w", &exhaustedError{msg})
 		}
 		err := d.claim(p.Subnet, b, false)
 		if err == nil {
@@ -562,16 +566,10 @@ func (d *Driver) dynamic(p *pool, mac string) (netip.Addr, error) {
 	}
 }
 
-func errorsOf(msgs []string) []error {
-	var out []error
-	if n := len(msgs); n > 3 {
-		msgs = msgs[n-3:]
-	}
-	for _, m := range msgs {
-		out = append(out, errors.New(m))
-	}
-	return out
-}
+type exhaustedError struct{ msg string }
+
+func (e *exhaustedError) Error() string { return e.msg }
+func (e *exhaustedError) Unwrap() error { return ErrExhausted }
 
 func (d *Driver) subnetLock(s netip.Prefix) *sync.Mutex {
 	d.mu.Lock()

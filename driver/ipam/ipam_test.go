@@ -1,0 +1,770 @@
+package ipam
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/docker/go-plugins-helpers/ipam"
+
+	"github.com/vxovl/vxovl/driver/store"
+)
+
+const testMAC = "02:42:0a:32:00:07"
+
+// tlog forwards warnings and errors to the test log.
+type tlog struct {
+	t    *testing.T
+	node string
+}
+
+func (h tlog) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
+func (h tlog) Handle(_ context.Context, r slog.Record) error {
+	var b strings.Builder
+	r.Attrs(func(a slog.Attr) bool { fmt.Fprintf(&b, " %s=%v", a.Key, a.Value); return true })
+	h.t.Logf("[%s] %s %s%s", h.node, r.Level, r.Message, b.String())
+	return nil
+}
+func (h tlog) WithAttrs([]slog.Attr) slog.Handler { return h }
+func (h tlog) WithGroup(string) slog.Handler      { return h }
+
+type testNode struct {
+	name string
+	fake *fakeNode
+	d    *Driver
+	st   *store.Store
+	path string
+}
+
+func openStore(t *testing.T, path string) *store.Store {
+	t.Helper()
+	st, err := store.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return st
+}
+
+func startNode(t *testing.T, n *fakeNet, name, path string, cfg Config) *testNode {
+	t.Helper()
+	st := openStore(t, path)
+	t.Cleanup(func() { st.Close() })
+	fn := n.node(name)
+	t.Cleanup(fn.stop) // before the store closes: no callback may touch it after
+	cfg.NodeName = name
+	cfg.Logger = slog.New(tlog{t, name})
+	d, err := New(cfg, fn, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return &testNode{name: name, fake: fn, d: d, st: st, path: path}
+}
+
+func cluster3(t *testing.T, cfg Config) (*fakeNet, []*testNode) {
+	n := newFakeNet(t)
+	var nodes []*testNode
+	for _, name := range []string{"h1", "h2", "h3"} {
+		nodes = append(nodes, startNode(t, n, name, filepath.Join(t.TempDir(), "state.db"), cfg))
+	}
+	return n, nodes
+}
+
+func mustPool(t *testing.T, d *Driver, subnet, rng string, opts map[string]string) string {
+	t.Helper()
+	r, err := d.RequestPool(&ipam.RequestPoolRequest{AddressSpace: "vxovl", Pool: subnet, SubPool: rng, Options: opts})
+	if err != nil {
+		t.Fatalf("RequestPool(%s, %s): %v", subnet, rng, err)
+	}
+	if r.Pool != subnet {
+		t.Fatalf("RequestPool returned pool %q, want %q", r.Pool, subnet)
+	}
+	return r.PoolID
+}
+
+func gatewayOf(t *testing.T, d *Driver, id, want string) string {
+	t.Helper()
+	r, err := d.RequestAddress(&ipam.RequestAddressRequest{PoolID: id, Address: want, Options: map[string]string{optAddressType: addressTypeGateway}})
+	if err != nil {
+		t.Fatalf("gateway: %v", err)
+	}
+	return r.Address
+}
+
+func alloc(d *Driver, id, addr string) (string, error) {
+	r, err := d.RequestAddress(&ipam.RequestAddressRequest{PoolID: id, Address: addr, Options: map[string]string{optMAC: testMAC}})
+	if err != nil {
+		return "", err
+	}
+	return r.Address, nil
+}
+
+func mustAlloc(t *testing.T, d *Driver, id, addr string) string {
+	t.Helper()
+	a, err := alloc(d, id, addr)
+	if err != nil {
+		t.Fatalf("RequestAddress(%q) on %s: %v", addr, d.self, err)
+	}
+	return a
+}
+
+// network creates the pool and gateway on every node, as `docker network
+// create` on every host does.
+func network(t *testing.T, nodes []*testNode, subnet, rng string, opts map[string]string) string {
+	t.Helper()
+	var id string
+	for _, nd := range nodes {
+		got := mustPool(t, nd.d, subnet, rng, opts)
+		if id != "" && got != id {
+			t.Fatalf("pool IDs differ between hosts: %q vs %q", id, got)
+		}
+		id = got
+		gatewayOf(t, nd.d, id, "")
+	}
+	return id
+}
+
+func addrOf(t *testing.T, cidr string) netip.Addr {
+	t.Helper()
+	p, err := netip.ParsePrefix(cidr)
+	if err != nil {
+		t.Fatalf("address %q is not in CIDR form: %v", cidr, err)
+	}
+	return p.Addr()
+}
+
+// eventually polls cond until it holds or the deadline passes.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for: %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func setGrace(d *Driver, g time.Duration) {
+	d.mu.Lock()
+	d.cfg.ReleaseGrace = g
+	d.mu.Unlock()
+}
+
+func ownedBlocks(d *Driver) []netip.Prefix {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	var out []netip.Prefix
+	for p, c := range d.owned {
+		if c.isBlock() {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func TestSingleNode(t *testing.T) {
+	n := newFakeNet(t)
+	nd := startNode(t, n, "h1", filepath.Join(t.TempDir(), "state.db"), Config{})
+	id := mustPool(t, nd.d, "10.50.0.0/24", "", nil)
+	if gw := gatewayOf(t, nd.d, id, ""); gw != "10.50.0.1/24" {
+		t.Fatalf("gateway %s, want 10.50.0.1/24", gw)
+	}
+	seen := map[string]bool{}
+	for range 40 {
+		a := mustAlloc(t, nd.d, id, "")
+		if seen[a] || a == "10.50.0.1/24" || a == "10.50.0.0/24" || a == "10.50.0.255/24" {
+			t.Fatalf("bad or duplicate address %s", a)
+		}
+		seen[a] = true
+	}
+	if got := len(ownedBlocks(nd.d)); got != 3 {
+		t.Fatalf("40 addresses in /28 blocks should take 3 blocks, node holds %d", got)
+	}
+	caps, _ := nd.d.GetCapabilities()
+	if !caps.RequiresMACAddress {
+		t.Fatal("the driver must ask Docker for MACs to tell --ip from --aux-address")
+	}
+}
+
+func TestPoolIDDeterministic(t *testing.T) {
+	_, nodes := cluster3(t, Config{})
+	for _, tc := range []struct{ subnet, rng, bs, want string }{
+		{"10.50.0.0/24", "", "", "vxovl:10.50.0.0/24"},
+		{"10.50.0.0/24", "10.50.0.128/25", "", "vxovl:10.50.0.0/24;range=10.50.0.128/25"},
+		{"10.60.0.0/16", "", "6", "vxovl:10.60.0.0/16;block=6"},
+	} {
+		opts := map[string]string{}
+		if tc.bs != "" {
+			opts[optBlockSize] = tc.bs
+		}
+		for _, nd := range nodes {
+			if got := mustPool(t, nd.d, tc.subnet, tc.rng, opts); got != tc.want {
+				t.Errorf("%s: pool ID %q, want %q", nd.name, got, tc.want)
+			}
+		}
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	n := newFakeNet(t)
+	nd := startNode(t, n, "h1", filepath.Join(t.TempDir(), "state.db"), Config{})
+	d := nd.d
+	for _, tc := range []struct {
+		name string
+		req  ipam.RequestPoolRequest
+		want string
+	}{
+		{"no subnet", ipam.RequestPoolRequest{}, "--subnet"},
+		{"bad subnet", ipam.RequestPoolRequest{Pool: "10.50.0.0/33"}, "not a CIDR"},
+		{"garbage", ipam.RequestPoolRequest{Pool: "hello"}, "not a CIDR"},
+		{"ipv6 flag", ipam.RequestPoolRequest{Pool: "fd00::/64", V6: true}, "IPv4 only"},
+		{"ipv6 subnet", ipam.RequestPoolRequest{Pool: "fd00::/64"}, "not IPv4"},
+		{"tiny", ipam.RequestPoolRequest{Pool: "10.50.0.0/31"}, "too small"},
+		{"range outside", ipam.RequestPoolRequest{Pool: "10.50.0.0/24", SubPool: "10.51.0.0/25"}, "not inside"},
+		{"range larger", ipam.RequestPoolRequest{Pool: "10.50.0.0/24", SubPool: "10.50.0.0/23"}, "not inside"},
+		{"block size", ipam.RequestPoolRequest{Pool: "10.50.0.0/24", Options: map[string]string{optBlockSize: "9"}}, "block-size"},
+		{"block size text", ipam.RequestPoolRequest{Pool: "10.50.0.0/24", Options: map[string]string{optBlockSize: "x"}}, "block-size"},
+	} {
+		if _, err := d.RequestPool(&tc.req); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err %v, want one mentioning %q", tc.name, err, tc.want)
+		}
+	}
+	if _, err := d.RequestPool(nil); err == nil {
+		t.Error("nil RequestPool accepted")
+	}
+	id := mustPool(t, d, "10.50.0.0/24", "", nil)
+	gatewayOf(t, d, id, "")
+	for _, tc := range []struct {
+		name       string
+		pool, addr string
+		want       string
+	}{
+		{"unknown pool", "vxovl:10.99.0.0/24", "", "unknown vxovl pool"},
+		{"outside", id, "10.51.0.5", "not a host address"},
+		{"network address", id, "10.50.0.0", "not a host address"},
+		{"broadcast", id, "10.50.0.255", "not a host address"},
+		{"ipv6 address", id, "fd00::5", "not IPv4"},
+		{"garbage address", id, "ten", "not an IP"},
+		{"gateway", id, "10.50.0.1", "gateway"},
+	} {
+		if _, err := alloc(d, tc.pool, tc.addr); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("%s: err %v, want one mentioning %q", tc.name, err, tc.want)
+		}
+	}
+	if err := d.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: id, Address: "10.50.0.77"}); err == nil || !strings.Contains(err.Error(), "not allocated") {
+		t.Errorf("release of unknown address: %v", err)
+	}
+	if err := d.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: "nope", Address: "10.50.0.77"}); err == nil || !strings.Contains(err.Error(), "unknown vxovl pool") {
+		t.Errorf("release in unknown pool: %v", err)
+	}
+	if err := d.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: id, Address: "10.50.0.1"}); err != nil {
+		t.Errorf("releasing the gateway must succeed (Docker does it on network removal): %v", err)
+	}
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: "nope"}); err == nil {
+		t.Error("ReleasePool of an unknown pool succeeded")
+	}
+	a := mustAlloc(t, d, id, "10.50.0.9")
+	if _, err := alloc(d, id, "10.50.0.9"); err == nil || !strings.Contains(err.Error(), "in use on this host") {
+		t.Errorf("double explicit: %v", err)
+	}
+	if err := d.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: id, Address: a}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: id, Address: a}); err == nil {
+		t.Error("double release succeeded")
+	}
+	// Malformed claim messages and records are dropped, never fatal.
+	d.onMessage("x", []byte("{"))
+	d.onMessage("x", []byte(`{"op":"req","id":1,"p":"10.50.0.0/33"}`))
+	d.onMessage("x", []byte(`{"op":"req","id":1,"p":"10.50.0.5/24"}`))
+	for _, tc := range []struct{ kind, key, val string }{
+		{KindBlock, "10.50.0.0/28", "{"},
+		{KindBlock, "10.50.0.1/28", `{"s":"10.50.0.0/24"}`},
+		{KindBlock, "10.50.0.0/28", `{"s":"10.60.0.0/24"}`},
+		{KindPin, "10.50.0.0/28", `{"s":"10.50.0.0/24"}`},
+		{"other", "10.50.0.0/28", `{"s":"10.50.0.0/24"}`},
+	} {
+		if _, err := decodeRecord(tc.kind, tc.key, []byte(tc.val)); err == nil {
+			t.Errorf("record %s %s %s accepted", tc.kind, tc.key, tc.val)
+		}
+	}
+}
+
+func TestGatewayIdenticalAcrossNodes(t *testing.T) {
+	_, nodes := cluster3(t, Config{})
+	for _, nd := range nodes {
+		id := mustPool(t, nd.d, "10.50.0.0/24", "", nil)
+		if gw := gatewayOf(t, nd.d, id, ""); gw != "10.50.0.1/24" {
+			t.Fatalf("%s: gateway %s", nd.name, gw)
+		}
+		id2 := mustPool(t, nd.d, "10.60.0.0/16", "10.60.8.0/22", nil)
+		if gw := gatewayOf(t, nd.d, id2, "10.60.8.254"); gw != "10.60.8.254/16" {
+			t.Fatalf("%s: explicit gateway %s", nd.name, gw)
+		}
+	}
+	// Nobody hands out a gateway, even the explicit one inside the range.
+	for _, nd := range nodes {
+		for range 30 {
+			a := mustAlloc(t, nd.d, "vxovl:10.60.0.0/16;range=10.60.8.0/22", "")
+			if a == "10.60.8.254/16" {
+				t.Fatal("gateway handed out")
+			}
+			if !netip.MustParsePrefix("10.60.8.0/22").Contains(addrOf(t, a)) {
+				t.Fatalf("%s outside --ip-range", a)
+			}
+		}
+	}
+}
+
+// TestConcurrentClaimsOfOneBlock runs the bare protocol: three nodes claim
+// the same block at once, many times; never more than one may win.
+func TestConcurrentClaimsOfOneBlock(t *testing.T) {
+	subnet := netip.MustParsePrefix("10.50.0.0/24")
+	wins := 0
+	for round := range 40 {
+		n, nodes := cluster3(t, Config{ClaimTimeout: time.Second})
+		n.maxDelay = time.Duration(round%4) * time.Millisecond
+		block := netip.MustParsePrefix("10.50.0.32/28")
+		var mu sync.Mutex
+		var winners []string
+		var wg sync.WaitGroup
+		for _, nd := range nodes {
+			wg.Go(func() {
+				if err := nd.d.claim(subnet, block, false); err == nil {
+					mu.Lock()
+					winners = append(winners, nd.name)
+					mu.Unlock()
+				} else if !strings.Contains(err.Error(), "refused") && !strings.Contains(err.Error(), "holds") && !strings.Contains(err.Error(), "yielded") {
+					t.Errorf("round %d: %s: unexpected claim error: %v", round, nd.name, err)
+				}
+			})
+		}
+		wg.Wait()
+		if len(winners) != 1 {
+			t.Fatalf("round %d: %d nodes won the same block, want exactly one: %v", round, len(winners), winners)
+		}
+		wins += len(winners)
+		// A claim after the race never succeeds against the winner.
+		if len(winners) == 1 {
+			for _, nd := range nodes {
+				if nd.name != winners[0] {
+					if err := nd.d.claim(subnet, block, false); err == nil {
+						t.Fatalf("round %d: %s claimed %s after %s won it", round, nd.name, block, winners[0])
+					}
+				}
+			}
+		}
+	}
+	t.Logf("40 rounds of 3 concurrent claims: exactly one winner in %d", wins)
+}
+
+func TestConcurrentAllocations(t *testing.T) {
+	_, nodes := cluster3(t, Config{})
+	id := network(t, nodes, "10.50.0.0/24", "", nil)
+	var mu sync.Mutex
+	got := map[string]string{}
+	var wg sync.WaitGroup
+	for _, nd := range nodes {
+		for range 20 {
+			wg.Go(func() {
+				a, err := alloc(nd.d, id, "")
+				mu.Lock()
+				defer mu.Unlock()
+				if err != nil {
+					t.Errorf("%s: %v", nd.name, err)
+					return
+				}
+				if other, dup := got[a]; dup {
+					t.Errorf("%s handed out %s, already given by %s", nd.name, a, other)
+				}
+				got[a] = nd.name
+			})
+		}
+	}
+	wg.Wait()
+	if len(got) != 60 {
+		t.Fatalf("%d distinct addresses, want 60", len(got))
+	}
+	// Every node allocated only inside its own blocks, and no block has two owners.
+	owner := map[netip.Prefix]string{}
+	for _, nd := range nodes {
+		for _, b := range ownedBlocks(nd.d) {
+			for ob, on := range owner {
+				if ob.Overlaps(b) {
+					t.Fatalf("block %s of %s overlaps %s of %s", b, nd.name, ob, on)
+				}
+			}
+			owner[b] = nd.name
+		}
+	}
+	for a, name := range got {
+		ok := false
+		for b, on := range owner {
+			if on == name && b.Contains(addrOf(t, a)) {
+				ok = true
+			}
+		}
+		if !ok {
+			t.Errorf("%s of %s is outside its blocks", a, name)
+		}
+	}
+	var won, lost, conflicts uint64
+	for _, nd := range nodes {
+		s := nd.d.Stats()
+		won, lost, conflicts = won+s.ClaimsWon, lost+s.ClaimsLost, conflicts+s.Conflicts
+	}
+	t.Logf("3x20 concurrent allocations: 60 distinct, %d blocks, claims won %d, lost %d", len(owner), won, lost)
+	if conflicts != 0 {
+		t.Fatalf("%d conflicts in a connected cluster", conflicts)
+	}
+}
+
+func TestExplicitAndAux(t *testing.T) {
+	n, nodes := cluster3(t, Config{ClaimTimeout: time.Second})
+	h1, h2 := nodes[0].d, nodes[1].d
+	id := network(t, nodes, "10.50.0.0/24", "", nil)
+	// The same --aux-address is reserved on every host.
+	for _, nd := range nodes {
+		r, err := nd.d.RequestAddress(&ipam.RequestAddressRequest{PoolID: id, Address: "10.50.0.250"})
+		if err != nil || r.Address != "10.50.0.250/24" {
+			t.Fatalf("%s: aux address: %v %v", nd.name, r, err)
+		}
+	}
+	// A pin in a free block.
+	if a := mustAlloc(t, h1, id, "10.50.0.200"); a != "10.50.0.200/24" {
+		t.Fatalf("explicit address came back as %s", a)
+	}
+	eventually(t, "h2 learns h1's pin", func() bool {
+		h2.mu.Lock()
+		defer h2.mu.Unlock()
+		return h2.known[knownKey{"h1", netip.MustParsePrefix("10.50.0.200/32")}] != nil
+	})
+	if _, err := alloc(h2, id, "10.50.0.200"); err == nil || !strings.Contains(err.Error(), "pinned by node h1") {
+		t.Fatalf("second host got the same --ip: %v", err)
+	}
+	// Even before h2 has h1's record, the claim round refuses it: hide records.
+	if _, err := alloc(h2, id, "10.50.0.250"); err == nil {
+		t.Fatal("--ip equal to an aux address accepted")
+	}
+	// An explicit address inside another node's block is refused clearly.
+	a1 := mustAlloc(t, h1, id, "")
+	blk := blockOf(addrOf(t, a1), 4)
+	inside := fromU32(first(blk) + 5).String()
+	eventually(t, "h2 learns h1's block", func() bool {
+		h2.mu.Lock()
+		defer h2.mu.Unlock()
+		return h2.known[knownKey{"h1", blk}] != nil
+	})
+	if _, err := alloc(h2, id, inside); err == nil || !strings.Contains(err.Error(), "held by node h1") {
+		t.Fatalf("--ip inside h1's block %s: %v", blk, err)
+	}
+	// But h1 may use it: it is its own block.
+	if a := mustAlloc(t, h1, id, inside); addrOf(t, a).String() != inside {
+		t.Fatalf("own-block explicit address came back as %s", a)
+	}
+	// Dynamic allocation never returns gateways, pins or aux addresses.
+	for _, nd := range nodes {
+		for range 60 {
+			a := addrOf(t, mustAlloc(t, nd.d, id, "")).String()
+			switch a {
+			case "10.50.0.1", "10.50.0.200", "10.50.0.250", inside:
+				t.Fatalf("%s handed out reserved %s", nd.name, a)
+			}
+		}
+	}
+	// Releasing the pin withdraws it; then another host may pin it.
+	if err := h1.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: id, Address: "10.50.0.200/24"}); err != nil {
+		t.Fatal(err)
+	}
+	setGrace(h2, time.Millisecond)
+	eventually(t, "h2 forgets the released pin", func() bool {
+		n.notifyAll()
+		h2.mu.Lock()
+		defer h2.mu.Unlock()
+		return h2.known[knownKey{"h1", netip.MustParsePrefix("10.50.0.200/32")}] == nil
+	})
+	// 10.50.0.200 may now sit inside some host's block after 180 dynamic
+	// allocations; only assert the pin is gone from h1.
+	if nodes[0].fake.Records(KindPin) != nil {
+		for _, r := range nodes[0].fake.Records(KindPin) {
+			if r.Owner == "h1" && r.Key == "10.50.0.200/32" {
+				t.Fatal("released pin still published")
+			}
+		}
+	}
+}
+
+// TestConcurrentPins: three hosts pin the same --ip at once: at most one
+// succeeds.
+func TestConcurrentPins(t *testing.T) {
+	for round := range 20 {
+		_, nodes := cluster3(t, Config{ClaimTimeout: time.Second})
+		id := network(t, nodes, "10.50.0.0/24", "", nil)
+		var mu sync.Mutex
+		ok := 0
+		var wg sync.WaitGroup
+		for _, nd := range nodes {
+			wg.Go(func() {
+				if _, err := alloc(nd.d, id, "10.50.0.100"); err == nil {
+					mu.Lock()
+					ok++
+					mu.Unlock()
+				}
+			})
+		}
+		wg.Wait()
+		if ok > 1 {
+			t.Fatalf("round %d: %d hosts pinned 10.50.0.100", round, ok)
+		}
+	}
+}
+
+func TestReleaseReturnsBlocks(t *testing.T) {
+	n, nodes := cluster3(t, Config{})
+	h1 := nodes[0].d
+	id := network(t, nodes, "10.50.0.0/24", "", nil)
+	var addrs []string
+	for range 40 {
+		addrs = append(addrs, mustAlloc(t, h1, id, ""))
+	}
+	if got := len(ownedBlocks(h1)); got != 3 {
+		t.Fatalf("holds %d blocks, want 3", got)
+	}
+	for _, a := range addrs {
+		if err := h1.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: id, Address: a}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(ownedBlocks(h1)); got != 1 {
+		t.Fatalf("after releasing everything the node holds %d blocks, want 1 (kept against churn)", got)
+	}
+	if s := h1.Stats(); s.BlocksReleased != 2 {
+		t.Fatalf("BlocksReleased %d, want 2", s.BlocksReleased)
+	}
+	count := func() int {
+		c := 0
+		for _, r := range nodes[1].fake.Records(KindBlock) {
+			if r.Owner == "h1" {
+				c++
+			}
+		}
+		return c
+	}
+	if got := count(); got != 1 {
+		t.Fatalf("h1 still publishes %d blocks, want 1", got)
+	}
+	// Released blocks become claimable by others (after the release grace).
+	setGrace(nodes[1].d, time.Millisecond)
+	n.notifyAll()
+	eventually(t, "h2 forgets released blocks", func() bool {
+		n.notifyAll()
+		h2 := nodes[1].d
+		h2.mu.Lock()
+		defer h2.mu.Unlock()
+		c := 0
+		for k := range h2.known {
+			if k.owner == "h1" {
+				c++
+			}
+		}
+		return c == 1
+	})
+	if err := h1.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id}); err != nil {
+		t.Fatal(err)
+	}
+	if got := len(ownedBlocks(h1)); got != 0 {
+		t.Fatalf("after ReleasePool the node holds %d blocks", got)
+	}
+	if got := count(); got != 0 {
+		t.Fatalf("after ReleasePool h1 publishes %d blocks", got)
+	}
+	if _, err := alloc(h1, id, ""); err == nil {
+		t.Fatal("allocation from a released pool succeeded")
+	}
+}
+
+func TestPoolRefcount(t *testing.T) {
+	n := newFakeNet(t)
+	d := startNode(t, n, "h1", filepath.Join(t.TempDir(), "state.db"), Config{}).d
+	id := mustPool(t, d, "10.50.0.0/24", "", nil)
+	mustPool(t, d, "10.50.0.0/24", "", nil)
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id}); err != nil {
+		t.Fatal(err)
+	}
+	mustAlloc(t, d, id, "") // still referenced by the second network
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id}); err == nil {
+		t.Fatal("third ReleasePool of a pool requested twice succeeded")
+	}
+}
+
+func TestRestartKeepsAllocations(t *testing.T) {
+	n := newFakeNet(t)
+	path := filepath.Join(t.TempDir(), "state.db")
+	h1 := startNode(t, n, "h1", path, Config{})
+	h2 := startNode(t, n, "h2", filepath.Join(t.TempDir(), "state.db"), Config{})
+	id := network(t, []*testNode{h1, h2}, "10.50.0.0/24", "", nil)
+	var before []string
+	for range 5 {
+		before = append(before, mustAlloc(t, h1.d, id, ""))
+	}
+	mustAlloc(t, h1.d, id, "10.50.0.222")
+	blocks := ownedBlocks(h1.d)
+
+	// Restart h1: its records vanish from the cluster meanwhile.
+	h1.st.Close()
+	n.mu.Lock()
+	delete(n.records, "h1")
+	n.mu.Unlock()
+	st := openStore(t, path)
+	t.Cleanup(func() { st.Close() })
+	fn := n.node("h1")
+	t.Cleanup(fn.stop)
+	d, err := New(Config{NodeName: "h1", Logger: slog.New(tlog{t, "h1"})}, fn, st)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := ownedBlocks(d); len(got) != len(blocks) || got[0] != blocks[0] {
+		t.Fatalf("blocks after restart %v, before %v", got, blocks)
+	}
+	for _, a := range append(before, "10.50.0.222/24") {
+		if _, err := alloc(d, id, a); err == nil || !strings.Contains(err.Error(), "in use") {
+			t.Fatalf("%s was forgotten across the restart: %v", a, err)
+		}
+	}
+	if a := mustAlloc(t, d, id, ""); addrOf(t, a) == addrOf(t, before[len(before)-1]) {
+		t.Fatal("restarted node handed out an address it already had")
+	}
+	eventually(t, "h1 republished its claims", func() bool {
+		c := 0
+		for _, r := range h2.fake.Records(KindBlock) {
+			if r.Owner == "h1" {
+				c++
+			}
+		}
+		return c == len(blocks)
+	})
+	if err := d.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: id, Address: before[0]}); err != nil {
+		t.Fatalf("releasing an address allocated before the restart: %v", err)
+	}
+}
+
+// TestPartition: blocks held before a partition stay with their owner; each
+// side allocates from what it holds and claims what it sees as free, fails
+// clearly when nothing is left, and the heal reveals the double claims.
+func TestPartition(t *testing.T) {
+	n, nodes := cluster3(t, Config{ClaimTimeout: 300 * time.Millisecond, AllocateTimeout: 2 * time.Second})
+	h1, h2, h3 := nodes[0].d, nodes[1].d, nodes[2].d
+	// /27 with blocks of 4: 8 blocks.
+	id := network(t, nodes, "10.50.0.0/27", "", map[string]string{optBlockSize: "2"})
+	a1 := addrOf(t, mustAlloc(t, h1, id, ""))
+	a2 := addrOf(t, mustAlloc(t, h2, id, ""))
+	b1, b2 := blockOf(a1, 2), blockOf(a2, 2)
+	eventually(t, "everyone knows both blocks", func() bool {
+		for _, d := range []*Driver{h1, h2, h3} {
+			d.mu.Lock()
+			ok := (d.self == "h1" || d.known[knownKey{"h1", b1}] != nil) && (d.self == "h2" || d.known[knownKey{"h2", b2}] != nil)
+			d.mu.Unlock()
+			if !ok {
+				return false
+			}
+		}
+		return true
+	})
+
+	n.split(true, []string{"h1"}, []string{"h2", "h3"})
+	exhaust := func(d *Driver) []netip.Addr {
+		var got []netip.Addr
+		for {
+			a, err := alloc(d, id, "")
+			if err != nil {
+				if !errors.Is(err, ErrExhausted) {
+					t.Fatalf("%s: want ErrExhausted, got %v", d.self, err)
+				}
+				t.Logf("%s ran out as expected: %v", d.self, err)
+				return got
+			}
+			got = append(got, addrOf(t, a))
+		}
+	}
+	var side1, side2 []netip.Addr
+	var wg sync.WaitGroup
+	wg.Go(func() { side1 = exhaust(h1) })
+	wg.Go(func() { side2 = exhaust(h2) })
+	wg.Wait()
+	if len(side1) == 0 || len(side2) == 0 {
+		t.Fatalf("a side could not allocate at all during the partition: %d, %d", len(side1), len(side2))
+	}
+	for _, a := range side2 {
+		if b1.Contains(a) {
+			t.Fatalf("h2 allocated %s from %s, which h1 held before the partition", a, b1)
+		}
+	}
+	for _, a := range side1 {
+		if b2.Contains(a) {
+			t.Fatalf("h1 allocated %s from %s, which h2 held before the partition", a, b2)
+		}
+	}
+	if c := h1.Stats().Conflicts + h2.Stats().Conflicts; c != 0 {
+		t.Fatalf("%d conflicts reported before the heal", c)
+	}
+
+	n.heal()
+	eventually(t, "both sides report the double claims", func() bool {
+		return h1.Stats().Conflicts > 0 && h2.Stats().Conflicts > 0
+	})
+	// For every doubly claimed block exactly one side yields.
+	h1.mu.Lock()
+	h2.mu.Lock()
+	for p, c1 := range h1.owned {
+		if c2 := h2.owned[p]; c2 != nil && c1.isBlock() {
+			if c1.Conflicted == c2.Conflicted {
+				t.Errorf("block %s: conflicted on h1=%v h2=%v, want exactly one", p, c1.Conflicted, c2.Conflicted)
+			}
+		}
+	}
+	h2.mu.Unlock()
+	h1.mu.Unlock()
+	t.Logf("partition: h1 side %d addresses, h2 side %d; conflicts h1=%d h2=%d",
+		len(side1), len(side2), h1.Stats().Conflicts, h2.Stats().Conflicts)
+}
+
+// TestUnreachableMember: a member still listed but silent (suspect) makes
+// claims time out; the host keeps allocating from its blocks, then fails
+// with a clear error.
+func TestUnreachableMember(t *testing.T) {
+	n, nodes := cluster3(t, Config{ClaimTimeout: 200 * time.Millisecond, AllocateTimeout: 500 * time.Millisecond})
+	h1 := nodes[0].d
+	id := network(t, nodes, "10.50.0.0/24", "", nil)
+	blk := blockOf(addrOf(t, mustAlloc(t, h1, id, "")), 4)
+	h1.mu.Lock()
+	free := 0
+	for v := first(blk); v <= last(blk); v++ {
+		if a := fromU32(v); hostAddr(netip.MustParsePrefix("10.50.0.0/24"), a) && a != netip.MustParseAddr("10.50.0.1") && h1.allocs[a] == nil {
+			free++
+		}
+	}
+	h1.mu.Unlock()
+	n.split(false, []string{"h1", "h2"}, []string{"h3"})
+	for range free {
+		if a := addrOf(t, mustAlloc(t, h1, id, "")); !blk.Contains(a) {
+			t.Fatalf("%s is outside the held block %s", a, blk)
+		}
+	}
+	_, err := alloc(h1, id, "")
+	if err == nil || !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "h3") {
+		t.Fatalf("want a clear exhaustion error naming the silent node h3, got %v", err)
+	}
+	t.Logf("error: %v", err)
+	n.heal()
+	mustAlloc(t, h1, id, "")
+}
