@@ -107,7 +107,10 @@ type Driver struct {
 	conflicts, claimsWon, claimsLost, released atomic.Uint64
 }
 
-var _ ipam.Ipam = (*Driver)(nil)
+var (
+	_ ipam.Ipam = (*Driver)(nil)
+	_ Cluster   = (*cluster.Cluster)(nil)
+)
 
 // New loads the persisted state, registers the record kinds with the
 // cluster and republishes this node's claims.
