@@ -1,0 +1,187 @@
+package e2e
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestMain clears a lab left by an interrupted run before the tests and after them.
+func TestMain(m *testing.M) {
+	if Enabled() && Prerequisites() == nil {
+		if err := NewLab().Down(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: clearing an old lab:", err)
+		}
+	}
+	code := m.Run()
+	if Enabled() && Prerequisites() == nil {
+		if err := NewLab().Down(); err != nil {
+			fmt.Fprintln(os.Stderr, "e2e: lab down:", err)
+			code = 1
+		}
+	}
+	os.Exit(code)
+}
+
+// The lab itself: up 3 with a plugin and a container running, then down, must leave no
+// process, mount, namespace or directory behind.
+func TestLabLeavesNothing(t *testing.T) {
+	Require(t)
+	l := NewLab()
+	if err := l.Down(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = l.Down() })
+
+	start := time.Now()
+	if out, err := l.run(nil, "up", "3"); err != nil {
+		t.Fatalf("lab up 3: %v\n%s", err, out)
+	}
+	l.N = 3
+	t.Logf("lab up 3: %v", time.Since(start).Round(10*time.Millisecond))
+	l.InstallPlugin(t, 2)
+	l.MustDocker(t, 3, "run", "-d", "--name", "idle", "vxovl/busybox", "sleep", "600")
+	l.StartRegistry(t)
+	if pids, _ := l.run(nil, "pids"); pids == "" {
+		t.Fatal("lab.sh pids sees no process of a running lab: down could not find them either")
+	}
+
+	start = time.Now()
+	if err := l.Down(); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("lab down 3: %v", time.Since(start).Round(10*time.Millisecond))
+
+	if pids, err := l.run(nil, "pids"); err != nil || pids != "" {
+		t.Errorf("processes left behind: %q (%v)", pids, err)
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && (f[4] == l.Dir || strings.HasPrefix(f[4], l.Dir+"/")) {
+			t.Errorf("mount left behind: %s", f[4])
+		}
+	}
+	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	if err != nil {
+		t.Fatalf("ip netns list: %v\n%s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, l.Name+"-") {
+			t.Errorf("namespace left behind: %s", line)
+		}
+	}
+	if _, err := os.Stat(l.Dir); !os.IsNotExist(err) {
+		t.Errorf("%s left behind (stat: %v)", l.Dir, err)
+	}
+}
+
+// (a) One host: two containers on a vxovl network reach each other, and removing the network
+// leaves no overlay namespace and no link behind.
+func TestSingleHost(t *testing.T) {
+	l := Up(t, 1)
+	l.InstallPlugin(t, 1)
+	linksBefore := l.Links(t, 1)
+
+	l.MustDocker(t, 1, "network", "create", "-d", Driver, "--subnet", "10.123.0.0/24", "n1")
+	l.MustDocker(t, 1, "run", "-d", "--name", "a", "--network", "n1", "vxovl/busybox", "sleep", "600")
+	l.MustDocker(t, 1, "run", "-d", "--name", "b", "--network", "n1", "vxovl/busybox", "sleep", "600")
+	ipB := l.ContainerIP(t, 1, "b", "n1")
+	ipA := l.ContainerIP(t, 1, "a", "n1")
+
+	WaitFor(t, 10*time.Second, "a pings b", func() (bool, string) {
+		out, err := l.Docker(t, 1, "exec", "a", "ping", "-c1", "-W1", ipB)
+		return err == nil, out
+	})
+	if out, err := l.Docker(t, 1, "exec", "b", "ping", "-c1", "-W1", ipA); err != nil {
+		t.Errorf("b pings a: %v\n%s", err, out)
+	}
+	if len(l.Overlays(t, 1)) == 0 {
+		t.Errorf("no overlay namespace pinned under the propagated mount of host 1")
+	}
+
+	l.MustDocker(t, 1, "rm", "-f", "a", "b")
+	l.MustDocker(t, 1, "network", "rm", "n1")
+	WaitFor(t, 10*time.Second, "overlay gone after network rm", func() (bool, string) {
+		if o := l.Overlays(t, 1); len(o) > 0 {
+			return false, fmt.Sprintf("overlay namespaces left: %v", o)
+		}
+		if after := l.Links(t, 1); !slices.Equal(sorted(after), sorted(linksBefore)) {
+			return false, fmt.Sprintf("host links %v, before the network %v", after, linksBefore)
+		}
+		return true, ""
+	})
+}
+
+// (b) Packaging: the plugin pushed to a registry installs and enables on another host.
+func TestPluginPushInstall(t *testing.T) {
+	l := Up(t, 2)
+	l.StartRegistry(t)
+	ref := l.Registry() + "/vxovl:e2e"
+
+	l.MustDocker(t, 1, "plugin", "create", ref, RepoRoot()+"/build/plugin")
+	l.MustDocker(t, 1, "plugin", "push", ref)
+
+	l.InstallPluginFrom(t, 2, ref, "PEERS="+l.Addr(1), "LOG_LEVEL=debug")
+	got := l.MustDocker(t, 2, "plugin", "inspect", "-f", "{{.Enabled}} {{.PluginReference}} {{.Settings.Env}}", PluginName)
+	if !strings.HasPrefix(got, "true "+ref+" ") {
+		t.Errorf("installed plugin: got %q, want enabled and from %s", got, ref)
+	}
+	for _, want := range []string{"PEERS=" + l.Addr(1), "ADVERTISE_ADDR=" + l.Addr(2), "LOG_LEVEL=debug"} {
+		if !strings.Contains(got, want) {
+			t.Errorf("installed plugin settings %q lack %s", got, want)
+		}
+	}
+	// The driver answers: Docker lists it once the plugin is enabled.
+	if info := l.MustDocker(t, 2, "info", "-f", "{{.Plugins.Network}}"); !strings.Contains(info, Driver) {
+		t.Errorf("docker info network plugins %q lack %s", info, Driver)
+	}
+}
+
+// Two hosts: containers on one vxovl network reach each other across the underlay, and each
+// host's overlay has the other's endpoint in its neighbor and FDB tables.
+func TestCrossHost(t *testing.T) {
+	l := Up(t, 2)
+	for i := 1; i <= 2; i++ {
+		l.InstallPlugin(t, i, "PEERS="+l.PeersExcept(i))
+	}
+	for i := 1; i <= 2; i++ {
+		l.MustDocker(t, i, "network", "create", "-d", Driver, "--subnet", "10.124.0.0/24",
+			"--ip-range", fmt.Sprintf("10.124.0.%d/26", (i-1)*64), "xn")
+	}
+	l.MustDocker(t, 1, "run", "-d", "--name", "c1", "--network", "xn", "vxovl/busybox", "sleep", "600")
+	start := time.Now()
+	l.MustDocker(t, 2, "run", "-d", "--name", "c2", "--network", "xn", "vxovl/busybox", "sleep", "600")
+	t.Logf("docker run on host 2: %v", time.Since(start).Round(time.Millisecond))
+	ip2 := l.ContainerIP(t, 2, "c2", "xn")
+
+	start = time.Now()
+	WaitFor(t, 30*time.Second, "c1 on host 1 pings c2 on host 2", func() (bool, string) {
+		out, err := l.Docker(t, 1, "exec", "c1", "ping", "-c1", "-W1", ip2)
+		return err == nil, out
+	})
+	t.Logf("first cross-host ping reply %v after c2 started", time.Since(start).Round(time.Millisecond))
+
+	overlays := l.Overlays(t, 1)
+	if len(overlays) != 1 {
+		t.Fatalf("host 1 overlay namespaces: %v, want one", overlays)
+	}
+	if neigh := Neighbors(t, overlays[0]); !strings.Contains(neigh, ip2+" ") {
+		t.Errorf("host 1 neighbor table lacks c2 (%s):\n%s", ip2, neigh)
+	}
+	if fdb := FDB(t, overlays[0]); !strings.Contains(fdb, "dst "+l.Addr(2)) {
+		t.Errorf("host 1 FDB has no entry towards host 2 (%s):\n%s", l.Addr(2), fdb)
+	}
+}
+
+func sorted(s []string) []string {
+	c := slices.Clone(s)
+	slices.Sort(c)
+	return c
+}

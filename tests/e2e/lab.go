@@ -1,0 +1,349 @@
+// Package e2e runs vxovl in a lab of real Docker hosts: one network namespace and one dockerd
+// per simulated host, driven by examples/lab/lab.sh. The tests run only with VXOVL_E2E=1 (as
+// root, with the lab's packages installed and build/plugin made: `make test` does all of it);
+// with VXOVL_E2E=1 a missing prerequisite is a failure, not a skip.
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+// Lab settings the e2e tests use. A name and subnet of their own keep a test run from colliding
+// with `make demo` or a lab someone brought up by hand.
+const (
+	DefaultName   = "vxe2e"
+	DefaultSubnet = "10.97.0"
+	// PluginName is what lab.sh install-plugin calls the plugin; drivers are "vxovl:latest".
+	PluginName = "vxovl"
+	Driver     = PluginName + ":latest"
+)
+
+// commandTimeout bounds every lab.sh and docker call so a hung daemon fails a test instead of
+// eating the CI budget.
+const commandTimeout = 2 * time.Minute
+
+// Enabled reports whether the e2e tests were asked for.
+func Enabled() bool { return os.Getenv("VXOVL_E2E") == "1" }
+
+// Lab is a running lab of N hosts, numbered from 1.
+type Lab struct {
+	Name   string // prefix of its namespaces (LAB_NAME)
+	Subnet string // first three octets of the underlay /24 (LAB_SUBNET)
+	Dir    string // where hosts keep their data (LAB_DIR)
+	N      int
+
+	script string
+}
+
+// NewLab describes a lab without starting it. Settings come from VXOVL_E2E_LAB_NAME and
+// VXOVL_E2E_LAB_SUBNET when set.
+func NewLab() *Lab {
+	name := envOr("VXOVL_E2E_LAB_NAME", DefaultName)
+	return &Lab{
+		Name:   name,
+		Subnet: envOr("VXOVL_E2E_LAB_SUBNET", DefaultSubnet),
+		Dir:    filepath.Join(os.TempDir(), name),
+		script: filepath.Join(RepoRoot(), "examples", "lab", "lab.sh"),
+	}
+}
+
+func envOr(key, def string) string {
+	if v := os.Getenv(key); v != "" {
+		return v
+	}
+	return def
+}
+
+// RepoRoot is the repository's top directory (two levels above this file).
+func RepoRoot() string {
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		return "."
+	}
+	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+}
+
+// Require skips the test unless VXOVL_E2E=1, and fails it when the lab cannot run here.
+func Require(t testing.TB) {
+	t.Helper()
+	if !Enabled() {
+		t.Skip("lab e2e test: set VXOVL_E2E=1 (as root; `make test` does)")
+	}
+	if err := Prerequisites(); err != nil {
+		t.Fatalf("VXOVL_E2E=1 but the lab cannot run: %v", err)
+	}
+}
+
+// Prerequisites says what is missing for the lab, or nil.
+func Prerequisites() error {
+	var missing []string
+	if os.Geteuid() != 0 {
+		missing = append(missing, "root")
+	}
+	for _, bin := range []string{"dockerd", "docker", "ip", "nsenter", "unshare", "iperf3", "docker-registry"} {
+		if _, err := exec.LookPath(bin); err != nil {
+			missing = append(missing, bin)
+		}
+	}
+	if _, err := os.Stat("/bin/busybox"); err != nil {
+		missing = append(missing, "/bin/busybox (busybox-static)")
+	}
+	if _, err := os.Stat(filepath.Join(RepoRoot(), "build", "plugin", "config.json")); err != nil {
+		missing = append(missing, "build/plugin (make plugin)")
+	}
+	if len(missing) > 0 {
+		return fmt.Errorf("missing %s: run `make deps plugin` as root", strings.Join(missing, ", "))
+	}
+	return nil
+}
+
+// Up starts a lab of n hosts and tears it down when the test ends, even on failure.
+func Up(t testing.TB, n int) *Lab {
+	t.Helper()
+	Require(t)
+	l := NewLab()
+	// A lab left by an interrupted run would make `up` refuse.
+	if _, err := l.run(nil, "down"); err != nil {
+		t.Fatalf("clearing an old lab: %v", err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			l.dumpLogs(t)
+		}
+		start := time.Now()
+		if out, err := l.run(nil, "down"); err != nil {
+			t.Errorf("lab down: %v\n%s", err, out)
+		}
+		t.Logf("lab down took %v", time.Since(start).Round(10*time.Millisecond))
+	})
+	start := time.Now()
+	if out, err := l.run(nil, "up", strconv.Itoa(n)); err != nil {
+		t.Fatalf("lab up %d: %v\n%s", n, err, out)
+	}
+	l.N = n
+	t.Logf("lab up %d took %v", n, time.Since(start).Round(10*time.Millisecond))
+	return l
+}
+
+// Down tears the lab down (idempotent).
+func (l *Lab) Down() error {
+	out, err := l.run(nil, "down")
+	if err != nil {
+		return fmt.Errorf("%w: %s", err, out)
+	}
+	return nil
+}
+
+// run calls lab.sh with the lab's settings and extra environment.
+func (l *Lab) run(env []string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, l.script, args...)
+	cmd.Env = append(os.Environ(),
+		"LAB_NAME="+l.Name, "LAB_SUBNET="+l.Subnet, "LAB_DIR="+l.Dir,
+		"LAB_REGISTRY="+l.Registry())
+	cmd.Env = append(cmd.Env, env...)
+	var out bytes.Buffer
+	cmd.Stdout = &out
+	cmd.Stderr = &out
+	err := cmd.Run()
+	if ctx.Err() != nil {
+		err = fmt.Errorf("lab.sh %s: timed out after %v", strings.Join(args, " "), commandTimeout)
+	} else if err != nil {
+		err = fmt.Errorf("lab.sh %s: %w", strings.Join(args, " "), err)
+	}
+	return strings.TrimSpace(out.String()), err
+}
+
+// Addr is host i's underlay address.
+func (l *Lab) Addr(i int) string { return fmt.Sprintf("%s.%d", l.Subnet, i) }
+
+// Registry is the address of the lab's registry (lab.sh registry), trusted by every dockerd.
+func (l *Lab) Registry() string { return l.Subnet + ".250:5000" }
+
+// HostDir is where host i keeps its docker data, plugin state and logs.
+func (l *Lab) HostDir(i int) string { return filepath.Join(l.Dir, "h"+strconv.Itoa(i)) }
+
+// Netns is the name of host i's network namespace.
+func (l *Lab) Netns(i int) string { return fmt.Sprintf("%s-h%d", l.Name, i) }
+
+// Docker runs the docker client against host i and returns its combined output.
+func (l *Lab) Docker(t testing.TB, i int, args ...string) (string, error) {
+	t.Helper()
+	return l.run(nil, append([]string{"docker", strconv.Itoa(i)}, args...)...)
+}
+
+// MustDocker is Docker that fails the test on error.
+func (l *Lab) MustDocker(t testing.TB, i int, args ...string) string {
+	t.Helper()
+	out, err := l.Docker(t, i, args...)
+	if err != nil {
+		t.Fatalf("host %d: docker %s: %v\n%s", i, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// Exec runs cmd in host i's network namespace.
+func (l *Lab) Exec(t testing.TB, i int, cmd ...string) (string, error) {
+	t.Helper()
+	return l.run(nil, append([]string{"exec", strconv.Itoa(i)}, cmd...)...)
+}
+
+// InstallPlugin creates vxovl on host i from build/plugin (ADVERTISE_ADDR defaults to the
+// host's underlay address), applies settings KEY=VALUE and enables it.
+func (l *Lab) InstallPlugin(t testing.TB, i int, settings ...string) {
+	t.Helper()
+	l.installPlugin(t, i, nil, settings...)
+}
+
+// InstallPluginFrom is InstallPlugin with `docker plugin install REF` instead of create.
+func (l *Lab) InstallPluginFrom(t testing.TB, i int, ref string, settings ...string) {
+	t.Helper()
+	l.installPlugin(t, i, []string{"LAB_PLUGIN_REF=" + ref}, settings...)
+}
+
+func (l *Lab) installPlugin(t testing.TB, i int, env []string, settings ...string) {
+	t.Helper()
+	start := time.Now()
+	out, err := l.run(env, append([]string{"install-plugin", strconv.Itoa(i)}, settings...)...)
+	if err != nil {
+		t.Fatalf("host %d: install plugin: %v\n%s\n%s", i, err, out, l.PluginLog(i))
+	}
+	t.Logf("host %d: plugin installed and enabled in %v", i, time.Since(start).Round(10*time.Millisecond))
+}
+
+// StartRegistry starts the lab's registry on Registry().
+func (l *Lab) StartRegistry(t testing.TB) {
+	t.Helper()
+	if out, err := l.run(nil, "registry"); err != nil {
+		t.Fatalf("lab registry: %v\n%s", err, out)
+	}
+}
+
+// PeersExcept lists every host's underlay address but i's, comma-separated (for PEERS=).
+func (l *Lab) PeersExcept(i int) string {
+	var peers []string
+	for h := 1; h <= l.N; h++ {
+		if h != i {
+			peers = append(peers, l.Addr(h))
+		}
+	}
+	return strings.Join(peers, ",")
+}
+
+// Overlays lists the overlay namespaces vxovl pinned on host i, as paths on this machine
+// (under the plugin's propagated mount).
+func (l *Lab) Overlays(t testing.TB, i int) []string {
+	t.Helper()
+	paths, err := filepath.Glob(filepath.Join(l.HostDir(i), "data", "plugins", "*", "propagated-mount", "netns", "*"))
+	if err != nil {
+		t.Fatalf("listing overlay namespaces of host %d: %v", i, err)
+	}
+	return paths
+}
+
+// InNetns runs cmd inside the network namespace pinned at path (an overlay namespace).
+func InNetns(t testing.TB, path string, cmd ...string) (string, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
+	defer cancel()
+	out, err := exec.CommandContext(ctx, "nsenter", append([]string{"--net=" + path}, cmd...)...).CombinedOutput()
+	return strings.TrimSpace(string(out)), err
+}
+
+// Neighbors is the permanent neighbor table of an overlay namespace (ip neigh).
+func Neighbors(t testing.TB, overlay string) string {
+	t.Helper()
+	out, err := InNetns(t, overlay, "ip", "neigh", "show", "nud", "permanent")
+	if err != nil {
+		t.Fatalf("ip neigh in %s: %v\n%s", overlay, err, out)
+	}
+	return out
+}
+
+// FDB is the forwarding database of an overlay namespace (bridge fdb), VXLAN entries included.
+func FDB(t testing.TB, overlay string) string {
+	t.Helper()
+	out, err := InNetns(t, overlay, "bridge", "fdb", "show")
+	if err != nil {
+		t.Fatalf("bridge fdb in %s: %v\n%s", overlay, err, out)
+	}
+	return out
+}
+
+// Links lists the interface names in host i's network namespace.
+func (l *Lab) Links(t testing.TB, i int) []string {
+	t.Helper()
+	out, err := exec.Command("ip", "-n", l.Netns(i), "-o", "link", "show").CombinedOutput()
+	if err != nil {
+		t.Fatalf("links of host %d: %v\n%s", i, err, out)
+	}
+	var names []string
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		// "7: eth0@if8: <...": the name is the second field, without its peer suffix.
+		f := strings.Fields(line)
+		if len(f) < 2 {
+			continue
+		}
+		name, _, _ := strings.Cut(strings.TrimSuffix(f[1], ":"), "@")
+		names = append(names, name)
+	}
+	return names
+}
+
+// ContainerIP is the address of container c on network net, on host i.
+func (l *Lab) ContainerIP(t testing.TB, i int, c, net string) string {
+	t.Helper()
+	ip := l.MustDocker(t, i, "inspect", "-f",
+		fmt.Sprintf(`{{(index .NetworkSettings.Networks %q).IPAddress}}`, net), c)
+	if ip == "" {
+		t.Fatalf("container %s on host %d has no address on %s", c, i, net)
+	}
+	return ip
+}
+
+// PluginLog is the tail of host i's dockerd log, where the plugin's output goes.
+func (l *Lab) PluginLog(i int) string {
+	b, err := os.ReadFile(filepath.Join(l.HostDir(i), "dockerd.log"))
+	if err != nil {
+		return ""
+	}
+	lines := strings.Split(string(b), "\n")
+	if len(lines) > 60 {
+		lines = lines[len(lines)-60:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func (l *Lab) dumpLogs(t testing.TB) {
+	for i := 1; i <= l.N; i++ {
+		t.Logf("--- host %d dockerd.log (tail) ---\n%s", i, l.PluginLog(i))
+	}
+}
+
+// WaitFor polls cond every 50ms until it reports true or timeout passes, then fails the test
+// with cond's last explanation.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for {
+		ok, why := cond()
+		if ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not true after %v: %s", what, timeout, why)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
