@@ -312,13 +312,20 @@ func (l *Lab) ContainerIP(t testing.TB, i int, c, net string) string {
 	return ip
 }
 
-// PluginLog is the tail of host i's dockerd log, where the plugin's output goes.
+// PluginLog is the tail of what matters in host i's dockerd log: the plugin's own output
+// (tagged plugin=ID) and dockerd's warnings and errors.
 func (l *Lab) PluginLog(i int) string {
 	b, err := os.ReadFile(filepath.Join(l.HostDir(i), "dockerd.log"))
 	if err != nil {
 		return ""
 	}
-	lines := strings.Split(string(b), "\n")
+	var lines []string
+	for _, line := range strings.Split(string(b), "\n") {
+		if strings.Contains(line, " plugin=") || strings.Contains(line, "level=error") ||
+			strings.Contains(line, "level=warning") || strings.Contains(line, "level=fatal") {
+			lines = append(lines, line)
+		}
+	}
 	if len(lines) > 60 {
 		lines = lines[len(lines)-60:]
 	}
