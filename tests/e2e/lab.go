@@ -90,7 +90,7 @@ func Prerequisites() error {
 	if os.Geteuid() != 0 {
 		missing = append(missing, "root")
 	}
-	for _, bin := range []string{"dockerd", "docker", "ip", "nsenter", "unshare", "iperf3", "docker-registry"} {
+	for _, bin := range []string{"dockerd", "docker", "ip", "bridge", "nsenter", "unshare", "iperf3", "docker-registry", "docker-compose"} {
 		if _, err := exec.LookPath(bin); err != nil {
 			missing = append(missing, bin)
 		}
