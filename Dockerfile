@@ -2,7 +2,7 @@
 # only a way to produce the rootfs, which `docker plugin create` then packages with config.json.
 #
 #   docker build -t vxovl-rootfs .
-#   id=$(docker create vxovl-rootfs true)
+#   id=$(docker create vxovl-rootfs)
 #   rm -rf build/plugin && mkdir -p build/plugin/rootfs
 #   docker export "$id" | tar -x -C build/plugin/rootfs
 #   docker rm "$id"
