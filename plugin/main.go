@@ -21,6 +21,7 @@ import (
 
 	"github.com/vxovl/vxovl/cluster"
 	"github.com/vxovl/vxovl/driver"
+	vxipam "github.com/vxovl/vxovl/driver/ipam"
 	"github.com/vxovl/vxovl/driver/kernel"
 	"github.com/vxovl/vxovl/driver/store"
 )
@@ -146,10 +147,14 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 	if err := drv.Start(ctx, cl); err != nil {
 		return fail(err)
 	}
-	api := newAPI(drv, nil, log.With("part", "api"))
+	ipd, err := vxipam.New(vxipam.Config{NodeName: name, Logger: log.With("part", "ipam")}, cl, st)
+	if err != nil {
+		return fail(err)
+	}
+	api := newAPI(drv, ipd, log.With("part", "api"))
 	api.mux.HandleFunc("/vxovl/state", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{
-			"node": name, "vtep": vtep.String(), "driver": drv.Stats(), "cluster": cl.Stats(), "members": cl.Members(),
+			"node": name, "vtep": vtep.String(), "driver": drv.Stats(), "ipam": ipd.Stats(), "cluster": cl.Stats(), "members": cl.Members(),
 		})
 	})
 	api.mux.HandleFunc("/vxovl/reconcile", func(w http.ResponseWriter, r *http.Request) {
