@@ -41,7 +41,7 @@ deps:
 		echo "installing:$$missing"; \
 		nopolicy=; if [ ! -e /usr/sbin/policy-rc.d ]; then nopolicy=1; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -q && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; rc=$$?; \
+		DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -q --no-install-recommends $$missing; rc=$$?; \
 		[ -z "$$nopolicy" ] || rm -f /usr/sbin/policy-rc.d; \
 		exit $$rc; \
 	fi
