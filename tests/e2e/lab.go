@@ -11,7 +11,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"testing"
@@ -64,13 +63,14 @@ func envOr(key, def string) string {
 	return def
 }
 
-// RepoRoot is the repository's top directory (two levels above this file).
+// RepoRoot is the repository's top directory: go test runs a package in its own directory,
+// tests/e2e, two levels below it.
 func RepoRoot() string {
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		return "."
+	wd, err := os.Getwd()
+	if err != nil {
+		return "../.."
 	}
-	return filepath.Clean(filepath.Join(filepath.Dir(file), "..", ".."))
+	return filepath.Clean(filepath.Join(wd, "..", ".."))
 }
 
 // Require skips the test unless VXOVL_E2E=1, and fails it when the lab cannot run here.
