@@ -10,6 +10,12 @@
 #   lab.sh install-plugin I [K=V...]  create, configure and enable vxovl on host I
 #   lab.sh registry                   start a local registry on the underlay ($LAB_REGISTRY)
 #   lab.sh overlays I                 list the overlay namespaces vxovl pinned on host I
+#   lab.sh stop-host I                stop host I's dockerd (TERM; containers live on with
+#                                     --live-restore), keeping its data
+#   lab.sh start-host I [FLAGS...]    start host I's dockerd again, with extra dockerd FLAGS
+#   lab.sh reboot-host I [FLAGS...]   a host reboot: stop dockerd, kill what is left in the host,
+#                                     drop its mounts, exec root and network namespace, recreate
+#                                     them and start dockerd (data root and plugin state survive)
 #   lab.sh status                     what is running
 #
 # Environment:
@@ -124,11 +130,12 @@ import_images() {
 
 start_dockerd() {
 	local i=$1 d ns regflag=""
+	shift
 	d=$(hostdir "$i")
 	ns=$(hostns "$i")
 	mkdir -p "$d/data" "$d/exec" "$d/state"
 	# The plugin's propagated mount reaches this host's view only through a shared mount.
-	mount --bind "$d/data" "$d/data"
+	mountpoint -q "$d/data" || mount --bind "$d/data" "$d/data"
 	mount --make-shared "$d/data"
 	[ -z "$LAB_REGISTRY" ] || regflag="--insecure-registry $LAB_REGISTRY"
 	# ip netns exec would remount /sys and hide the cgroup mounts dockerd needs: use nsenter for
@@ -139,8 +146,19 @@ start_dockerd() {
 		mount -t tmpfs -o mode=0755 t /etc/docker
 		mkdir -p /etc/docker/plugins
 		exec setsid dockerd --data-root $d/data --exec-root $d/exec -H $(sock "$i") \
-			--pidfile $d/pid --iptables=false --bridge=none $regflag" \
-		>"$d/dockerd.log" 2>&1 </dev/null &
+			--pidfile $d/pid --iptables=false --bridge=none $regflag $*" \
+		>>"$d/dockerd.log" 2>&1 </dev/null &
+}
+
+# add_host_netns I: host I's network namespace, wired to the underlay bridge.
+add_host_netns() {
+	local i=$1
+	ip netns add "$(hostns "$i")"
+	ip -n "$WIRE" link add "w-h$i" type veth peer name eth0 netns "$(hostns "$i")"
+	ip -n "$WIRE" link set "w-h$i" master ulbr up
+	ip -n "$(hostns "$i")" addr add "$(hostaddr "$i")/24" dev eth0
+	ip -n "$(hostns "$i")" link set eth0 up
+	ip -n "$(hostns "$i")" link set lo up
 }
 
 cmd_up() {
@@ -158,12 +176,7 @@ cmd_up() {
 	# The wire namespace holds .250 for the lab registry.
 	ip -n "$WIRE" addr add "$LAB_SUBNET.250/24" dev ulbr
 	for i in $(seq 1 "$n"); do
-		ip netns add "$(hostns "$i")"
-		ip -n "$WIRE" link add "w-h$i" type veth peer name eth0 netns "$(hostns "$i")"
-		ip -n "$WIRE" link set "w-h$i" master ulbr up
-		ip -n "$(hostns "$i")" addr add "$(hostaddr "$i")/24" dev eth0
-		ip -n "$(hostns "$i")" link set eth0 up
-		ip -n "$(hostns "$i")" link set lo up
+		add_host_netns "$i"
 		start_dockerd "$i"
 	done
 	for i in $(seq 1 "$n"); do
@@ -205,7 +218,8 @@ lab_pids() {
 				awk -v want="$inodes" 'BEGIN { split(want, w, " "); for (k in w) ok[w[k]] = 1 }
 					($1 in ok) { split($2, f, "/"); print f[3] }'
 		fi
-		grep -lsF "$LAB_DIR/" /proc/[0-9]*/cmdline | cut -d/ -f3
+		# grep says 2 when a process exits while it reads: with pipefail that would end down.
+		{ grep -lsF "$LAB_DIR/" /proc/[0-9]*/cmdline || true; } | cut -d/ -f3
 	} | sort -u | descendants_of | awk -v self="$self" 'index(self, " " $1 " ") == 0' |
 		while read -r p; do if [ -d "/proc/$p" ]; then echo "$p"; fi; done # the grep above saw itself
 }
@@ -318,6 +332,53 @@ cmd_down() {
 }
 
 # ---------------------------------------------------------------------------------------------
+# stop, start, reboot one host
+
+# stop_host I: TERM dockerd and wait (KILL after 20s); unlike down it removes nothing.
+cmd_stop_host() {
+	local i=${1:?stop-host I} pid
+	pid=$(cat "$(hostdir "$i")/pid" 2>/dev/null || true)
+	[ -n "$pid" ] && alive "$pid" || return 0
+	kill -TERM "$pid"
+	wait_until 20 sh -c "! kill -0 $pid" || { log "dockerd $pid (host $i) ignored TERM: KILL"; kill -KILL "$pid" 2>/dev/null || true; }
+}
+
+cmd_start_host() {
+	local i=${1:?start-host I [DOCKERD FLAGS...]}
+	[ -d "$(hostdir "$i")" ] && [ -e "/run/netns/$(hostns "$i")" ] || die "host $i does not exist"
+	start_dockerd "$@"
+	wait_until 30 ldocker "$i" info || die "dockerd of host $i did not answer within 30s: see $(hostdir "$i")/dockerd.log"
+}
+
+# Processes inside host I's network namespace (shims, containers, plugins) and their children.
+host_pids() {
+	local ino
+	ino=$(stat -L -c %i "/run/netns/$(hostns "$1")" 2>/dev/null) || return 0
+	{ stat -L -c '%i %n' /proc/[0-9]*/ns/net 2>/dev/null || true; } | awk -v want="$ino" '$1 == want { split($2, f, "/"); print f[3] }' |
+		descendants_of
+}
+
+cmd_reboot_host() {
+	local i=${1:?reboot-host I [DOCKERD FLAGS...]} d pids m
+	d=$(hostdir "$i")
+	cmd_stop_host "$i"
+	pids=$(host_pids "$i" | tr '\n' ' ')
+	if [ -n "${pids// /}" ]; then
+		kill -KILL $pids 2>/dev/null || true
+		wait_until 5 sh -c "for p in $pids; do kill -0 \$p 2>/dev/null && exit 1; done; exit 0" || log "still alive: $pids"
+	fi
+	# /run does not survive a reboot: the exec root, the plugin's propagated mounts.
+	for m in $(awk -v dir="$d" 'index($5, dir "/") == 1 { print $5 }' /proc/self/mountinfo | awk '{ print length, $0 }' | sort -rn | cut -d' ' -f2-); do
+		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
+	done
+	rm -rf --one-file-system "$d/exec"
+	ip netns del "$(hostns "$i")"
+	add_host_netns "$i"
+	shift
+	cmd_start_host "$i" "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
 # plugin, registry, status
 
 cmd_install_plugin() {
@@ -406,6 +467,9 @@ exec)
 install-plugin) cmd_install_plugin "$@" ;;
 registry) cmd_registry ;;
 overlays) cmd_overlays "$@" ;;
+stop-host) cmd_stop_host "$@" ;;
+start-host) cmd_start_host "$@" ;;
+reboot-host) cmd_reboot_host "$@" ;;
 status) cmd_status ;;
 pids) lab_pids ;;
 *)
