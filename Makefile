@@ -30,11 +30,14 @@ plugin:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(ROOTFS)/usr/bin/vxovl ./plugin
 	cp config.json $(PLUGIN_DIR)/config.json
 
-# Installs only the packages that are missing (apt-get update first, and only then).
+# Installs only the packages that are missing (apt-get update first, and only then). A dockerd
+# or docker-compose from elsewhere (docker-ce, compose v2 wrapper) counts as present.
 # policy-rc.d keeps the freshly installed docker.io from starting a system dockerd.
 deps:
 	@missing=""; \
 	for p in $(DEPS); do \
+		case $$p in docker.io) have=dockerd;; docker-compose) have=docker-compose;; *) have=;; esac; \
+		if [ -n "$$have" ] && command -v $$have >/dev/null; then continue; fi; \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; \
 	done; \
 	if [ -n "$$missing" ]; then \
