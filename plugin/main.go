@@ -28,7 +28,9 @@ import (
 
 func main() {
 	cfg, cfgErr := configFromEnv(os.Getenv)
-	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: cfg.LogLevel}))
+	// stdout: dockerd tags every line a managed plugin writes to stderr as
+	// level=error, which would drown real errors.
+	log := slog.New(slog.NewTextHandler(os.Stdout, &slog.HandlerOptions{Level: cfg.LogLevel}))
 	slog.SetDefault(log)
 	if err := run(cfg, cfgErr, log); err != nil {
 		log.Error("vxovl stopped", "err", err)
