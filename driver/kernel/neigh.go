@@ -81,11 +81,12 @@ type fdbEntry struct {
 
 // syncNeighbors makes the permanent IPv4 neighbor entries on link exactly
 // want. Non-permanent entries belong to the kernel and are left alone.
-func syncNeighbors(h *netlink.Handle, link netlink.Link, want map[[16]byte]Peer) (added, removed int, err error) {
+// changed lists the peers it added or gave a new MAC.
+func syncNeighbors(h *netlink.Handle, link netlink.Link, want map[[16]byte]Peer) (added, removed int, changed []Peer, err error) {
 	idx := link.Attrs().Index
 	have, err := dump(func() ([]netlink.Neigh, error) { return h.NeighList(idx, unix.AF_INET) })
 	if err != nil {
-		return 0, 0, fmt.Errorf("list neighbors on %q: %w", link.Attrs().Name, err)
+		return 0, 0, nil, fmt.Errorf("list neighbors on %q: %w", link.Attrs().Name, err)
 	}
 	present := make(map[[16]byte]bool, len(have))
 	for _, n := range have {
@@ -100,14 +101,15 @@ func syncNeighbors(h *netlink.Handle, link netlink.Link, want map[[16]byte]Peer)
 			// Same IP, other MAC (the address was reused): replace in place so
 			// the IP never resolves to nothing.
 			if err := h.NeighSet(permanentNeigh(idx, p)); err != nil {
-				return added, removed, fmt.Errorf("replace neighbor %s -> %s: %w", p.IP, p.MAC, err)
+				return added, removed, changed, fmt.Errorf("replace neighbor %s -> %s: %w", p.IP, p.MAC, err)
 			}
 			present[ipKey(n.IP)] = true
+			changed = append(changed, p)
 			added++
 			removed++
 		default:
 			if err := h.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_INET, IP: n.IP}); err != nil && !isNotFound(err) {
-				return added, removed, fmt.Errorf("remove stale neighbor %s: %w", n.IP, err)
+				return added, removed, changed, fmt.Errorf("remove stale neighbor %s: %w", n.IP, err)
 			}
 			removed++
 		}
@@ -117,11 +119,12 @@ func syncNeighbors(h *netlink.Handle, link netlink.Link, want map[[16]byte]Peer)
 			continue
 		}
 		if err := h.NeighSet(permanentNeigh(idx, p)); err != nil {
-			return added, removed, fmt.Errorf("add neighbor %s -> %s: %w", p.IP, p.MAC, err)
+			return added, removed, changed, fmt.Errorf("add neighbor %s -> %s: %w", p.IP, p.MAC, err)
 		}
+		changed = append(changed, p)
 		added++
 	}
-	return added, removed, nil
+	return added, removed, changed, nil
 }
 
 func permanentNeigh(idx int, p Peer) *netlink.Neigh {

@@ -586,9 +586,16 @@ func (o *Overlay) SyncPeers(vni uint32, peers []Peer, flood []net.IP) (SyncResul
 	if err != nil {
 		return res, fmt.Errorf("VNI %d: %w", vni, err)
 	}
-	res.NeighAdded, res.NeighRemoved, err = syncNeighbors(h.ov, vx, neighs)
+	var changed []Peer
+	res.NeighAdded, res.NeighRemoved, changed, err = syncNeighbors(h.ov, vx, neighs)
 	if err != nil {
 		return res, fmt.Errorf("VNI %d: %w", vni, err)
+	}
+	// Best effort: without it local containers still recover once their ARP entry expires.
+	if br, err := linkByName(h.ov, BridgeName); err == nil && br != nil {
+		if err := announcePeers(o.NamespacePath(vni), br.Attrs().Index, changed); err != nil {
+			o.log.Warn("announcing changed neighbors to local containers", "vni", vni, "err", err)
+		}
 	}
 	if res.Changed() {
 		o.log.Debug("peer tables synced", "vni", vni, "peers", len(peers), "flood", len(flood),
