@@ -51,10 +51,9 @@ for i in $(seq 1 $N); do
 	echo "host $i: vxovl enabled in $(elapsed "$start")s (PEERS=${peers%,})"
 done
 
-step "Creating network '$NET' ($SUBNET) on every host, each host with its own --ip-range"
-# TODO(lead): switch to --ipam-driver vxovl:latest once the vxovl IPAM serves addresses.
+step "Creating network '$NET' ($SUBNET) on every host, addresses from vxovl's cluster-wide IPAM"
 for i in $(seq 1 $N); do
-	h "$i" network create -d vxovl:latest --subnet $SUBNET --ip-range "10.210.0.$((i * 64 - 64))/26" $NET >/dev/null
+	h "$i" network create -d vxovl:latest --ipam-driver vxovl:latest --subnet $SUBNET $NET >/dev/null
 	echo "host $i: $(h "$i" network inspect -f '{{.Name}} driver={{.Driver}} id={{printf "%.12s" .Id}}' $NET)"
 done
 
