@@ -133,18 +133,24 @@ start_dockerd() {
 	shift
 	d=$(hostdir "$i")
 	ns=$(hostns "$i")
-	mkdir -p "$d/data" "$d/exec" "$d/state"
+	mkdir -p "$d/data" "$d/exec" "$d/state" "$d/etc-docker/plugins"
+	# The host's own /run/docker/plugins (plugin sockets, fifos) outlives a dockerd restart, as
+	# on a real host: --live-restore reattaches to the running plugin through it.
+	mkdir -p -m 0700 "$d/run-plugins"
 	# The plugin's propagated mount reaches this host's view only through a shared mount.
 	mountpoint -q "$d/data" || mount --bind "$d/data" "$d/data"
 	mount --make-shared "$d/data"
+	# Sandboxes (network namespaces pinned under exec-root/netns) must outlive dockerd for
+	# --live-restore, as /run does on a real host: shared, so the next dockerd sees them.
+	mountpoint -q "$d/exec" || mount --bind "$d/exec" "$d/exec"
+	mount --make-shared "$d/exec"
 	[ -z "$LAB_REGISTRY" ] || regflag="--insecure-registry $LAB_REGISTRY"
 	# ip netns exec would remount /sys and hide the cgroup mounts dockerd needs: use nsenter for
 	# the network and unshare for a private mount (own plugin sockets, own daemon id) and UTS.
 	nsenter --net="/run/netns/$ns" unshare --mount --uts --propagation unchanged sh -c "
 		hostname $ns
-		mount -t tmpfs -o mode=0700 t /run/docker/plugins
-		mount -t tmpfs -o mode=0755 t /etc/docker
-		mkdir -p /etc/docker/plugins
+		mount --bind $d/run-plugins /run/docker/plugins
+		mount --bind $d/etc-docker /etc/docker
 		exec setsid dockerd --data-root $d/data --exec-root $d/exec -H $(sock "$i") \
 			--pidfile $d/pid --iptables=false --bridge=none $regflag $*" \
 		>>"$d/dockerd.log" 2>&1 </dev/null &
@@ -371,8 +377,10 @@ cmd_reboot_host() {
 	for m in $(awk -v dir="$d" 'index($5, dir "/") == 1 { print $5 }' /proc/self/mountinfo | awk '{ print length, $0 }' | sort -rn | cut -d' ' -f2-); do
 		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
 	done
-	rm -rf --one-file-system "$d/exec"
+	rm -rf --one-file-system "$d/exec" "$d/run-plugins"
 	ip netns del "$(hostns "$i")"
+	# The namespace's veth goes with it, but asynchronously: do not race its end in the wire.
+	ip -n "$WIRE" link del "w-h$i" 2>/dev/null || true
 	add_host_netns "$i"
 	shift
 	cmd_start_host "$i" "$@"
