@@ -292,11 +292,6 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		if err != nil || len(mac) != 6 || mac[0]&1 == 1 {
 			return nil, fmt.Errorf("bad MAC address %q: want a unicast 6-byte MAC", req.Interface.MacAddress)
 		}
-	} else {
-		mac = endpointMAC(req.EndpointID)
-		// Docker rejects a response that overwrites a field it set: return
-		// only what it left empty.
-		resp.Interface = &network.EndpointInterface{MacAddress: mac.String()}
 	}
 
 	d.mu.Lock()
@@ -304,6 +299,12 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	o, ok := d.networks[req.NetworkID]
 	if !ok {
 		return nil, fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
+	}
+	if mac == nil {
+		mac = endpointMAC(o.VNI, ip)
+		// Docker rejects a response that overwrites a field it set: return
+		// only what it left empty.
+		resp.Interface = &network.EndpointInterface{MacAddress: mac.String()}
 	}
 	if !o.subnet.Contains(ip) || ipnet.Mask.String() != o.subnet.Mask.String() {
 		return nil, fmt.Errorf("address %s is not in the network's subnet %s", req.Interface.Address, o.Subnet)
@@ -338,13 +339,17 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	return resp, nil
 }
 
-// endpointMAC derives a stable, locally administered unicast MAC from the
-// endpoint ID. Unlike Docker's IP-derived MACs, it differs when an IP moves to
-// another container, so an old host's FDB entry can never match the new one.
-func endpointMAC(endpointID string) net.HardwareAddr {
-	sum := sha256.Sum256([]byte("vxovl/mac/" + endpointID))
-	mac := net.HardwareAddr(append([]byte{0x02}, sum[:5]...))
-	return mac
+// endpointMAC derives a locally administered unicast MAC from the overlay and
+// the endpoint's address, as Docker's own overlay derives it from the address.
+// A container that comes back with its address (docker restart, a dockerd
+// restart, a host reboot) comes back with its MAC, so the ARP caches of the
+// containers that talk to it stay right and only the FDB entry (which VTEP)
+// changes, which vxovl reprograms from the cluster at once. A MAC that
+// changed with every new endpoint left peers sending to a MAC nobody had
+// until their ARP entry went stale: 30-50 s without replies.
+func endpointMAC(vni uint32, ip net.IP) net.HardwareAddr {
+	sum := sha256.Sum256([]byte(fmt.Sprintf("vxovl/mac/%d/%s", vni, ip.To4())))
+	return net.HardwareAddr(append([]byte{0x02}, sum[:5]...))
 }
 
 // DeleteEndpoint withdraws the endpoint from the cluster and removes its veth.

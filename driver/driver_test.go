@@ -237,8 +237,8 @@ func TestEndpointLifecycle(t *testing.T) {
 	if mac[0]&2 == 0 || mac[0]&1 == 1 {
 		t.Fatalf("MAC %s is not locally administered unicast", mac)
 	}
-	if endpointMAC(epID).String() != mac.String() {
-		t.Fatal("MAC is not stable")
+	if endpointMAC(42, net.ParseIP("10.10.0.2")).String() != mac.String() {
+		t.Fatal("MAC is not stable for the address")
 	}
 	if h.g.local[epID].IP.String() != "10.10.0.2" {
 		t.Fatal("endpoint not announced at CreateEndpoint")
