@@ -11,6 +11,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"time"
@@ -44,6 +45,12 @@ func Open(path string) (s *Store, err error) {
 	db, err := bolt.Open(path, 0o600, &bolt.Options{Timeout: 5 * time.Second})
 	if errors.Is(err, bolt.ErrTimeout) {
 		return nil, fmt.Errorf("state file %s is locked by another process (is a second vxovl running on this host?): %w", path, err)
+	}
+	if errors.Is(err, fs.ErrPermission) {
+		// Not damage: moving the file aside would throw good state away.
+		return nil, fmt.Errorf("%w: %s: %v; make it readable and writable by the plugin's user, root "+
+			"(chown root:root %s; chmod 600 %s), and restart the plugin",
+			ErrUnreadable, path, err, path, path)
 	}
 	if err != nil {
 		return nil, unreadable(path, err)
