@@ -235,9 +235,9 @@ func (d *Driver) undo(what string, err error) {
 func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	o, ok := d.networks[req.NetworkID]
-	if !ok {
-		return fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
+	o, err := d.networkLocked(req.NetworkID)
+	if err != nil {
+		return err
 	}
 	for id := range o.endpoints {
 		if err := d.deleteEndpointLocked(o, id); err != nil {
@@ -296,9 +296,9 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	o, ok := d.networks[req.NetworkID]
-	if !ok {
-		return nil, fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
+	o, err := d.networkLocked(req.NetworkID)
+	if err != nil {
+		return nil, err
 	}
 	if mac == nil {
 		mac = endpointMAC(o.VNI, ip)
@@ -356,12 +356,9 @@ func endpointMAC(vni uint32, ip net.IP) net.HardwareAddr {
 func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	o, ok := d.networks[req.NetworkID]
-	if !ok {
-		return fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
-	}
-	if _, ok := o.endpoints[req.EndpointID]; !ok {
-		return fmt.Errorf("endpoint %s is not known in network %s", short(req.EndpointID), short(req.NetworkID))
+	o, _, err := d.endpointLocked(req.NetworkID, req.EndpointID)
+	if err != nil {
+		return err
 	}
 	return d.deleteEndpointLocked(o, req.EndpointID)
 }
@@ -384,13 +381,9 @@ func (d *Driver) deleteEndpointLocked(o *overlay, id string) error {
 func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	o, ok := d.networks[req.NetworkID]
-	if !ok {
-		return nil, fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
-	}
-	ep, ok := o.endpoints[req.EndpointID]
-	if !ok {
-		return nil, fmt.Errorf("endpoint %s is not known in network %s", short(req.EndpointID), short(req.NetworkID))
+	o, ep, err := d.endpointLocked(req.NetworkID, req.EndpointID)
+	if err != nil {
+		return nil, err
 	}
 	return &network.InfoResponse{Value: map[string]string{
 		"vxovl.vni":  fmt.Sprint(o.VNI),
@@ -403,13 +396,9 @@ func (d *Driver) EndpointInfo(req *network.InfoRequest) (*network.InfoResponse, 
 func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	o, ok := d.networks[req.NetworkID]
-	if !ok {
-		return nil, fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
-	}
-	ep, ok := o.endpoints[req.EndpointID]
-	if !ok {
-		return nil, fmt.Errorf("endpoint %s is not known in network %s", short(req.EndpointID), short(req.NetworkID))
+	o, ep, err := d.endpointLocked(req.NetworkID, req.EndpointID)
+	if err != nil {
+		return nil, err
 	}
 	name, err := d.dp.EnsureEndpoint(kernel.EndpointSpec{VNI: o.VNI, ID: ep.ID, MAC: ep.mac, MTU: o.MTU})
 	if err != nil {
@@ -435,13 +424,9 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 func (d *Driver) Leave(req *network.LeaveRequest) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	o, ok := d.networks[req.NetworkID]
-	if !ok {
-		return fmt.Errorf("network %s is not known to vxovl on this host", short(req.NetworkID))
-	}
-	ep, ok := o.endpoints[req.EndpointID]
-	if !ok {
-		return fmt.Errorf("endpoint %s is not known in network %s", short(req.EndpointID), short(req.NetworkID))
+	o, ep, err := d.endpointLocked(req.NetworkID, req.EndpointID)
+	if err != nil {
+		return err
 	}
 	if err := d.dp.DeleteEndpoint(o.VNI, ep.ID); err != nil {
 		return fmt.Errorf("removing veth of endpoint %s: %w", short(ep.ID), err)
@@ -511,6 +496,26 @@ func (d *Driver) desiredPeers(o *overlay) (peers []kernel.Peer, flood []net.IP) 
 		sort.Slice(flood, func(i, j int) bool { return ipLess(flood[i], flood[j]) })
 	}
 	return peers, flood
+}
+
+func (d *Driver) networkLocked(id string) (*overlay, error) {
+	o, ok := d.networks[id]
+	if !ok {
+		return nil, fmt.Errorf("network %s is not known to vxovl on this host", short(id))
+	}
+	return o, nil
+}
+
+func (d *Driver) endpointLocked(netID, epID string) (*overlay, *endpoint, error) {
+	o, err := d.networkLocked(netID)
+	if err != nil {
+		return nil, nil, err
+	}
+	ep, ok := o.endpoints[epID]
+	if !ok {
+		return nil, nil, fmt.Errorf("endpoint %s is not known in network %s", short(epID), short(netID))
+	}
+	return o, ep, nil
 }
 
 func ipLess(a, b net.IP) bool { return string(a.To16()) < string(b.To16()) }
