@@ -105,9 +105,23 @@ func TestSingleHost(t *testing.T) {
 	if len(l.Overlays(t, 1)) == 0 {
 		t.Errorf("no overlay namespace pinned under the propagated mount of host 1")
 	}
+	// The default MTU follows the underlay (the lab's veth: 1500) minus VXLAN's 50 bytes;
+	// -o mtu overrides it for one network.
+	if got := containerMTU(t, l, 1, "ca"); got != "1450" {
+		t.Errorf("container MTU on the default network = %s, want 1450", got)
+	}
+	l.MustDocker(t, 1, "network", "create", "-d", Driver, "--subnet", "10.124.0.0/24", "-o", "mtu=1400", "n2")
+	l.MustDocker(t, 1, "run", "-d", "--name", "cc", "--network", "n2", "vxovl/busybox", "sleep", "600")
+	if got := containerMTU(t, l, 1, "cc"); got != "1400" {
+		t.Errorf("container MTU with -o mtu=1400 = %s, want 1400", got)
+	}
+	if out, err := l.Docker(t, 1, "network", "create", "-d", Driver, "--subnet", "10.125.0.0/24", "-o", "mtu=100", "n3"); err == nil ||
+		!strings.Contains(out, "bad -o mtu") {
+		t.Errorf("mtu=100 accepted or unclear: %v\n%s", err, out)
+	}
 
-	l.MustDocker(t, 1, "rm", "-f", "ca", "cb")
-	l.MustDocker(t, 1, "network", "rm", "n1")
+	l.MustDocker(t, 1, "rm", "-f", "ca", "cb", "cc")
+	l.MustDocker(t, 1, "network", "rm", "n1", "n2")
 	WaitFor(t, 10*time.Second, "overlay gone after network rm", func() (bool, string) {
 		if o := l.Overlays(t, 1); len(o) > 0 {
 			return false, fmt.Sprintf("overlay namespaces left: %v", o)
@@ -120,6 +134,12 @@ func TestSingleHost(t *testing.T) {
 }
 
 // (b) Packaging: the plugin pushed to a registry installs and enables on another host.
+// containerMTU is the MTU of the container's first overlay interface.
+func containerMTU(t *testing.T, l *Lab, host int, container string) string {
+	t.Helper()
+	return strings.TrimSpace(l.MustDocker(t, host, "exec", container, "cat", "/sys/class/net/eth0/mtu"))
+}
+
 func TestPluginPushInstall(t *testing.T) {
 	l := Up(t, 2)
 	l.StartRegistry(t)
