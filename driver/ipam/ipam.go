@@ -103,6 +103,10 @@ type Driver struct {
 	waiters     map[uint64]*waiter
 	nextID      uint64
 	subnetLocks map[netip.Prefix]*sync.Mutex
+	// refreshTimer runs Refresh when the earliest remembered claim expires
+	// (refreshAt; zero when none is scheduled).
+	refreshTimer *time.Timer
+	refreshAt    time.Time
 
 	conflicts, claimsWon, claimsLost, released atomic.Uint64
 }
@@ -361,6 +365,8 @@ func (d *Driver) RequestAddress(req *ipam.RequestAddressRequest) (*ipam.RequestA
 	if req == nil {
 		return nil, fmt.Errorf("empty RequestAddress request")
 	}
+	// What Docker sends decides gateway vs --ip vs --aux-address: worth seeing.
+	d.log.Debug("RequestAddress", "pool", req.PoolID, "address", req.Address, "options", req.Options)
 	d.mu.Lock()
 	p, err := d.poolLocked(req.PoolID)
 	var pc pool

@@ -768,3 +768,39 @@ func TestUnreachableMember(t *testing.T) {
 	n.heal()
 	mustAlloc(t, h1, id, "")
 }
+
+// A released block is forgotten by the other nodes once the release grace
+// has passed, even when no further record changes wake them: in a quiet
+// cluster it must not stay reserved forever.
+func TestReleasedBlockForgottenInQuietCluster(t *testing.T) {
+	_, nodes := cluster3(t, Config{ReleaseGrace: 200 * time.Millisecond})
+	h1, h2 := nodes[0].d, nodes[1].d
+	id := network(t, nodes, "10.50.0.0/24", "", map[string]string{optBlockSize: "2"})
+	var addrs []string
+	for range 6 { // blocks of 4 (3 usable in the first): at least two blocks
+		addrs = append(addrs, mustAlloc(t, h1, id, ""))
+	}
+	remote := func() int {
+		h2.mu.Lock()
+		defer h2.mu.Unlock()
+		c := 0
+		for k, r := range h2.known {
+			if k.owner == "h1" && r.isBlock() {
+				c++
+			}
+		}
+		return c
+	}
+	held := len(ownedBlocks(h1))
+	eventually(t, "h2 learns h1's blocks", func() bool { return remote() == held })
+	for _, a := range addrs {
+		if err := h1.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: id, Address: a}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(ownedBlocks(h1)); got != 1 {
+		t.Fatalf("h1 holds %d blocks after releasing everything, want 1", got)
+	}
+	// No notifyAll here: only h2's own timer may make it forget.
+	eventually(t, "h2 forgets h1's released blocks", func() bool { return remote() == 1 })
+}

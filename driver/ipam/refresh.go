@@ -45,28 +45,51 @@ func (d *Driver) Refresh() {
 			d.saveKnownLocked(&rc)
 		}
 	}
+	var next time.Time // when the earliest remembered claim expires
 	for k, r := range d.known {
 		if seen[k] {
 			continue
 		}
-		var gone bool
+		expires := r.lastSeen.Add(d.cfg.OrphanTimeout)
 		if alive[k.owner] {
-			gone = now.Sub(r.lastSeen) > d.cfg.ReleaseGrace // released, or learned from an ACK and never published
-		} else {
-			gone = now.Sub(r.lastSeen) > d.cfg.OrphanTimeout
-			if gone {
-				d.log.Warn("forgetting the address claim of a node unreachable for longer than the orphan timeout",
-					"node", k.owner, "prefix", k.prefix, "timeout", d.cfg.OrphanTimeout)
-			}
+			expires = r.lastSeen.Add(d.cfg.ReleaseGrace) // released, or learned from an ACK and never published
 		}
-		if gone {
-			delete(d.known, k)
-			if err := d.st.Delete(bucketKnown, k.String()); err != nil {
-				d.log.Error("forgetting a remote claim failed", "key", k.String(), "err", err)
+		if !now.After(expires) {
+			if next.IsZero() || expires.Before(next) {
+				next = expires
 			}
+			continue
+		}
+		if !alive[k.owner] {
+			d.log.Warn("forgetting the address claim of a node unreachable for longer than the orphan timeout",
+				"node", k.owner, "prefix", k.prefix, "timeout", d.cfg.OrphanTimeout)
+		}
+		delete(d.known, k)
+		if err := d.st.Delete(bucketKnown, k.String()); err != nil {
+			d.log.Error("forgetting a remote claim failed", "key", k.String(), "err", err)
 		}
 	}
+	d.scheduleRefreshLocked(next)
 	d.detectConflictsLocked()
+}
+
+// scheduleRefreshLocked makes sure Refresh runs again once the earliest
+// remembered claim expires: record changes alone do not wake it, so in a
+// quiet cluster a released block would otherwise stay reserved forever.
+func (d *Driver) scheduleRefreshLocked(at time.Time) {
+	if at.IsZero() || (d.refreshTimer != nil && !d.refreshAt.IsZero() && !at.Before(d.refreshAt)) {
+		return
+	}
+	if d.refreshTimer != nil {
+		d.refreshTimer.Stop()
+	}
+	d.refreshAt = at
+	d.refreshTimer = time.AfterFunc(time.Until(at)+10*time.Millisecond, func() {
+		d.mu.Lock()
+		d.refreshAt = time.Time{}
+		d.mu.Unlock()
+		d.Refresh()
+	})
 }
 
 func (d *Driver) saveKnownLocked(r *remoteClaim) {
