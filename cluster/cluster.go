@@ -32,9 +32,11 @@ type Cluster struct {
 	q    *memberlist.TransmitLimitedQueue
 	self string
 
-	mu    sync.Mutex // guards t and clock
+	mu    sync.Mutex // guards t, clock and heard
 	t     *table
 	clock uint64
+	// heard holds the nodes whose own full state was applied since start.
+	heard map[string]struct{}
 
 	kindsMu sync.RWMutex
 	kinds   map[string]KindOptions
@@ -72,6 +74,7 @@ func New(cfg Config, h Handler) (*Cluster, error) {
 		h:      h,
 		self:   cfg.NodeName,
 		t:      newTable(cfg.NodeName, cfg.TombstoneTTL),
+		heard:  map[string]struct{}{},
 		clock:  cfg.MinVersion,
 		kinds:  map[string]KindOptions{},
 		notify: newNotifier(),
@@ -404,6 +407,27 @@ func (c *Cluster) Members() []Member {
 	return out
 }
 
+// CaughtUp reports whether this node has, since it started, received the
+// full own state of every other live member, so that its view of their
+// records is complete. It is false while this node is alone. The driver keeps
+// the entries it had programmed before a restart until this is true.
+func (c *Cluster) CaughtUp() bool {
+	members := c.Members()
+	others := 0
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, m := range members {
+		if m.Name == c.self {
+			continue
+		}
+		others++
+		if _, ok := c.heard[m.Name]; !ok {
+			return false
+		}
+	}
+	return others > 0
+}
+
 // Stats returns the counters.
 func (c *Cluster) Stats() Stats {
 	c.mu.Lock()
@@ -640,6 +664,7 @@ func (c *Cluster) handleState(body []byte) {
 	var ch changes
 	c.mu.Lock()
 	c.t.applyState(m.Sender, m.Clock, groups, &ch)
+	c.heard[m.Sender] = struct{}{}
 	c.mu.Unlock()
 	c.notify.add(ch)
 	if m.Flags&stateHello != 0 {

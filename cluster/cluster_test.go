@@ -341,3 +341,15 @@ func TestConfigValidation(t *testing.T) {
 		t.Fatalf("probe interval for 10s = %v", pi)
 	}
 }
+
+func TestCaughtUpOnceEveryPeerSentItsState(t *testing.T) {
+	a := startNode(t, "a", nodeOpts{}, nil)
+	if a.CaughtUp() {
+		t.Fatal("a lone node cannot be caught up: it has heard from nobody")
+	}
+	b := startNode(t, "b", nodeOpts{peers: []string{addr(a)}}, nil)
+	c := startNode(t, "c", nodeOpts{peers: []string{addr(a)}}, nil)
+	for _, n := range []*Cluster{a, b, c} {
+		eventually(t, 10*time.Second, n.self+" caught up with both others", n.CaughtUp)
+	}
+}

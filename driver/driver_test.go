@@ -434,3 +434,26 @@ func TestRestartRestoresState(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+func TestRestoredPeersDroppedOnceClusterCaughtUp(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	dp := newFakeDataplane()
+	h := startHarness(t, path, dp, Config{})
+	h.createNetwork(map[string]interface{}{"vni": "42"})
+	h.g.setRemote(42, cluster.Endpoint{VNI: 42, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(),
+		MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: "b", VTEP: net.ParseIP("10.98.0.2").To4()})
+	h.drv.EndpointsChanged(42)
+	waitFor(t, "peer programmed", func() bool { return len(dp.peerIPs(42)) == 1 })
+	h.stop()
+
+	// While the plugin was down, r1 went away. After the restart the
+	// remembered entry stays only until the cluster has caught up.
+	h2 := startHarness(t, path, dp, Config{RestoreGrace: time.Hour})
+	if got := dp.peerIPs(42); len(got) != 1 {
+		t.Fatalf("remembered peer not kept while catching up: %v", got)
+	}
+	h2.g.mu.Lock()
+	h2.g.caughtUp = true
+	h2.g.mu.Unlock()
+	waitFor(t, "remembered peer dropped", func() bool { return len(dp.peerIPs(42)) == 0 })
+}

@@ -140,6 +140,13 @@ type fakeGossip struct {
 	local     map[string]cluster.Endpoint
 	remote    map[uint32][]cluster.Endpoint
 	conflicts map[uint32]error
+	caughtUp  bool
+}
+
+func (g *fakeGossip) CaughtUp() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.caughtUp
 }
 
 func newFakeGossip() *fakeGossip {

@@ -132,10 +132,19 @@ func (d *Driver) run(ctx context.Context) {
 	tick := time.NewTicker(d.cfg.ReconcileInterval)
 	defer tick.Stop()
 	var graceEnd <-chan time.Time
+	var graceCheck <-chan time.Time
 	if d.hasRestored() {
 		t := time.NewTimer(d.cfg.RestoreGrace)
 		defer t.Stop()
 		graceEnd = t.C
+		// The grace ends early once the cluster has every live peer's full
+		// state: from then on its view is complete and the remembered peers
+		// are only a source of stale entries.
+		if _, ok := d.gossip.(caughtUp); ok {
+			c := time.NewTicker(250 * time.Millisecond)
+			defer c.Stop()
+			graceCheck = c.C
+		}
 	}
 	for {
 		select {
@@ -143,8 +152,14 @@ func (d *Driver) run(ctx context.Context) {
 			return
 		case <-d.kick:
 			d.syncDirty()
+		case <-graceCheck:
+			if d.gossip.(caughtUp).CaughtUp() {
+				d.endGrace("cluster caught up")
+				graceEnd, graceCheck = nil, nil
+			}
 		case <-graceEnd:
-			d.endGrace()
+			d.endGrace("restore grace ended")
+			graceEnd, graceCheck = nil, nil
 		case <-tick.C:
 			d.reconcileAll("periodic")
 		case done := <-d.onDemand:
@@ -153,6 +168,10 @@ func (d *Driver) run(ctx context.Context) {
 		}
 	}
 }
+
+// caughtUp is implemented by a cluster that can tell when its view of every
+// live peer is complete.
+type caughtUp interface{ CaughtUp() bool }
 
 func (d *Driver) hasRestored() bool {
 	d.mu.Lock()
@@ -165,13 +184,14 @@ func (d *Driver) hasRestored() bool {
 	return false
 }
 
-func (d *Driver) endGrace() {
+func (d *Driver) endGrace(reason string) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.log.Info("dropping the remote entries remembered from before the restart", "reason", reason)
 	for _, o := range d.networks {
 		if o.restored != nil {
 			o.restored = nil
-			d.syncLocked(o, "restore grace ended")
+			d.syncLocked(o, reason)
 		}
 	}
 }
