@@ -70,7 +70,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte{msgState, 1, 'a', 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Add([]byte{msgRecord, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c := &Cluster{t: newTestTable("a", "b"), kinds: map[string]KindOptions{}, notify: newNotifier(),
+		c := &Cluster{t: newTestTable("a", "b"), heard: map[string]struct{}{}, kinds: map[string]KindOptions{}, notify: newNotifier(),
 			direct: make(chan directMsg, 1), hello: newHelloQueue(), log: discardLogger()}
 		(*delegate)(c).NotifyMsg(b)
 		(*delegate)(c).MergeRemoteState(b, false)
