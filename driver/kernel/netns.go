@@ -28,6 +28,21 @@ func Do(nsPath string, fn func() error) error {
 	}
 	defer target.Close()
 
+	return onSwitchedThread(func() error {
+		if err := netns.Set(target); err != nil {
+			return fmt.Errorf("enter network namespace %s: %w", nsPath, err)
+		}
+		return nil
+	}, fn)
+}
+
+// onSwitchedThread runs enter and then fn on a fresh goroutine locked to its
+// OS thread, and switches that thread back to its original network namespace
+// afterwards. enter must leave the thread where it was when it fails. If
+// switching back fails, the thread stays locked so that the Go runtime
+// destroys it with the goroutine instead of reusing a thread in a foreign
+// namespace.
+func onSwitchedThread(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -38,16 +53,15 @@ func Do(nsPath string, fn func() error) error {
 			return
 		}
 		defer orig.Close()
-		if err := netns.Set(target); err != nil {
-			// setns failed, so the thread is still where it was.
+		if err := enter(); err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s: %w", nsPath, err)
+			errc <- err
 			return
 		}
 		fnErr := fn()
 		if err := netns.Set(orig); err != nil {
 			// Deliberately no UnlockOSThread: the thread dies with this goroutine.
-			errc <- errors.Join(fnErr, fmt.Errorf("restore network namespace after %s: %w", nsPath, err))
+			errc <- errors.Join(fnErr, fmt.Errorf("restore network namespace: %w", err))
 			return
 		}
 		runtime.UnlockOSThread()
@@ -75,35 +89,19 @@ func CreatePinned(path string) error {
 	}
 	f.Close()
 
-	errc := make(chan error, 1)
-	go func() {
-		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
+	err = onSwitchedThread(func() error {
 		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unshare network namespace: %w", err)
-			return
+			return fmt.Errorf("unshare network namespace: %w", err)
 		}
+		return nil
+	}, func() error {
 		src := fmt.Sprintf("/proc/self/task/%d/ns/net", unix.Gettid())
-		mountErr := unix.Mount(src, path, "none", unix.MS_BIND, "")
-		if err := netns.Set(orig); err != nil {
-			// Leave the thread locked so the runtime kills it with this goroutine.
-			errc <- errors.Join(mountErr, fmt.Errorf("restore network namespace: %w", err))
-			return
+		if err := unix.Mount(src, path, "none", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("pin network namespace at %s: %w", path, err)
 		}
-		runtime.UnlockOSThread()
-		if mountErr != nil {
-			mountErr = fmt.Errorf("pin network namespace at %s: %w", path, mountErr)
-		}
-		errc <- mountErr
-	}()
-	if err := <-errc; err != nil {
+		return nil
+	})
+	if err != nil {
 		_ = unix.Unmount(path, unix.MNT_DETACH)
 		_ = os.Remove(path)
 		return err
