@@ -124,6 +124,9 @@ type overlay struct {
 	// restored are remote peers remembered from before a restart, programmed
 	// until RestoreGrace ends.
 	restored []kernel.Peer
+	// conflicts are the addresses claimed by a local and a remote endpoint at
+	// once (address -> remote node/endpoint), so each is reported once.
+	conflicts map[string]string
 }
 
 type endpoint struct {
@@ -472,17 +475,31 @@ func (d *Driver) desiredPeers(o *overlay) (peers []kernel.Peer, flood []net.IP) 
 	}
 	byIP := map[string]kernel.Peer{}
 	for _, p := range o.restored {
-		byIP[p.IP.String()] = p
+		if _, clash := local[p.IP.String()]; !clash {
+			byIP[p.IP.String()] = p
+		}
 	}
+	conflicts := map[string]string{}
 	for _, rep := range d.gossip.Endpoints(o.VNI) {
 		if id, clash := local[rep.IP.String()]; clash {
-			d.stats.IPConflicts++
-			d.log.Error("address conflict: a remote endpoint claims the address of a local one; not programming it",
-				"vni", o.VNI, "ip", rep.IP, "local_endpoint", short(id), "remote_node", rep.Node, "remote_endpoint", short(rep.ID))
+			key := rep.IP.String()
+			conflicts[key] = rep.Node + "/" + rep.ID
+			// Loud once per conflict, not on every sync of the network.
+			if o.conflicts[key] != conflicts[key] {
+				d.stats.IPConflicts++
+				d.log.Error("address conflict: a remote endpoint claims the address of a local one; not programming it",
+					"vni", o.VNI, "ip", rep.IP, "local_endpoint", short(id), "remote_node", rep.Node, "remote_endpoint", short(rep.ID))
+			}
 			continue
 		}
 		byIP[rep.IP.String()] = kernel.Peer{IP: rep.IP, MAC: rep.MAC, VTEP: rep.VTEP}
 	}
+	for key := range o.conflicts {
+		if _, still := conflicts[key]; !still {
+			d.log.Info("address conflict resolved", "vni", o.VNI, "ip", key)
+		}
+	}
+	o.conflicts = conflicts
 	vteps := map[string]net.IP{}
 	for _, p := range byIP {
 		peers = append(peers, p)

@@ -357,8 +357,17 @@ func TestRemoteEndpointsAreProgrammed(t *testing.T) {
 	h.drv.EndpointsChanged(42)
 	want := []string{"10.10.0.3@10.98.0.2", "10.10.0.4@10.98.0.3"}
 	waitFor(t, "peers programmed", func() bool { return reflect.DeepEqual(h.dp.peerIPs(42), want) })
-	if s := h.drv.Stats(); s.IPConflicts == 0 {
-		t.Fatal("conflict not counted")
+	if s := h.drv.Stats(); s.IPConflicts != 1 {
+		t.Fatalf("conflict counted %d times, want 1", s.IPConflicts)
+	}
+	// Later syncs of the same conflict do not count it again.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.drv.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := h.drv.Stats(); s.IPConflicts != 1 {
+		t.Fatalf("after a reconcile the conflict is counted %d times, want 1", s.IPConflicts)
 	}
 	h.dp.mu.Lock()
 	flood := h.dp.flood[42]
