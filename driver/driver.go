@@ -106,7 +106,6 @@ type Driver struct {
 	networks map[string]*overlay // by Docker network ID
 	byVNI    map[uint32]*overlay
 	stats    Stats
-	started  time.Time
 
 	dirtyMu  sync.Mutex
 	dirty    map[uint32]struct{}
@@ -124,6 +123,9 @@ type overlay struct {
 	// restored are remote peers remembered from before a restart, programmed
 	// until RestoreGrace ends.
 	restored []kernel.Peer
+	// saved is what the store holds as this network's programmed peers, so
+	// that a sync writes only when they changed, without reading it back.
+	saved []kernel.Peer
 	// conflicts are the addresses claimed by a local and a remote endpoint at
 	// once (address -> remote node/endpoint), so each is reported once.
 	conflicts map[string]string
@@ -133,6 +135,16 @@ type endpoint struct {
 	endpointRecord
 	ip  net.IP
 	mac net.HardwareAddr
+}
+
+// clusterNetwork is the definition of o that the cluster compares across hosts.
+func (o *overlay) clusterNetwork() cluster.Network {
+	return cluster.Network{VNI: o.VNI, Subnet: o.Subnet, MTU: o.MTU}
+}
+
+// clusterEndpoint is what the cluster announces of ep.
+func (ep *endpoint) clusterEndpoint(vni uint32) cluster.Endpoint {
+	return cluster.Endpoint{VNI: vni, ID: ep.ID, IP: ep.ip, MAC: ep.mac}
 }
 
 // New makes a driver. Call Start before serving the API.
@@ -205,7 +217,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 		return fmt.Errorf("VNI %d is already used by network %s (subnet %s) on this host: "+
 			"pass a different -o vni=N (1-%d) to one of them", o.VNI, short(other.ID), other.Subnet, MaxVNI)
 	}
-	if err := d.gossip.PublishNetwork(cluster.Network{VNI: o.VNI, Subnet: o.Subnet, MTU: o.MTU}); err != nil {
+	if err := d.gossip.PublishNetwork(o.clusterNetwork()); err != nil {
 		return fmt.Errorf("network with VNI %d: %w", o.VNI, err)
 	}
 	if err := d.dp.EnsureNetwork(d.spec(o)); err != nil {
@@ -331,7 +343,7 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	if err := d.store.Put(bucketEndpoints, ep.ID, ep.endpointRecord); err != nil {
 		return nil, err
 	}
-	if err := d.gossip.PublishEndpoint(cluster.Endpoint{VNI: o.VNI, ID: ep.ID, IP: ip, MAC: mac}); err != nil {
+	if err := d.gossip.PublishEndpoint(ep.clusterEndpoint(o.VNI)); err != nil {
 		d.undo("forget endpoint", d.store.Delete(bucketEndpoints, ep.ID))
 		return nil, fmt.Errorf("announcing endpoint to the cluster: %w", err)
 	}

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/vxovl/vxovl/cluster"
 	"github.com/vxovl/vxovl/driver/store"
 )
 
@@ -16,7 +15,6 @@ import (
 func (d *Driver) Start(ctx context.Context, g Gossip) error {
 	d.mu.Lock()
 	d.gossip = g
-	d.started = time.Now()
 	err := d.restoreLocked()
 	d.mu.Unlock()
 	if err != nil {
@@ -44,7 +42,8 @@ func (d *Driver) restoreLocked() error {
 		if _, err := d.store.Get(bucketPeers, vniKey(o.VNI), &saved); err != nil {
 			return err
 		}
-		o.restored = recordsToPeers(saved)
+		o.saved = recordsToPeers(saved)
+		o.restored = o.saved
 		d.networks[o.ID] = o
 		d.byVNI[o.VNI] = o
 	}
@@ -76,7 +75,7 @@ func (d *Driver) restoreLocked() error {
 	}
 
 	for _, o := range d.networks {
-		if err := d.gossip.PublishNetwork(cluster.Network{VNI: o.VNI, Subnet: o.Subnet, MTU: o.MTU}); err != nil {
+		if err := d.gossip.PublishNetwork(o.clusterNetwork()); err != nil {
 			// The network exists and has containers; refusing to start would
 			// cut them off. Say so loudly and carry on.
 			d.log.Error("restored network disagrees with the cluster", "vni", o.VNI, "err", err)
@@ -86,7 +85,7 @@ func (d *Driver) restoreLocked() error {
 			d.log.Error("restoring overlay; will retry", "vni", o.VNI, "err", err)
 		}
 		for _, ep := range o.endpoints {
-			if err := d.gossip.PublishEndpoint(cluster.Endpoint{VNI: o.VNI, ID: ep.ID, IP: ep.ip, MAC: ep.mac}); err != nil {
+			if err := d.gossip.PublishEndpoint(ep.clusterEndpoint(o.VNI)); err != nil {
 				d.log.Error("re-announcing endpoint", "endpoint", short(ep.ID), "err", err)
 			}
 		}
@@ -259,10 +258,11 @@ func (d *Driver) syncLocked(o *overlay, reason string) {
 	}
 	// Remember what is programmed so a restart can keep it while the cluster
 	// catches up. Only written when it changed.
-	var saved []peerRecord
-	if _, err := d.store.Get(bucketPeers, vniKey(o.VNI), &saved); err == nil && !samePeers(recordsToPeers(saved), peers) {
+	if !samePeers(o.saved, peers) {
 		if err := d.store.Put(bucketPeers, vniKey(o.VNI), peersToRecords(peers)); err != nil {
 			d.log.Warn("saving programmed peers", "vni", o.VNI, "err", err)
+			return
 		}
+		o.saved = peers
 	}
 }
