@@ -181,7 +181,6 @@ func (d *Driver) load() error {
 		return fmt.Errorf("ipam: loading pools: %w", err)
 	}
 	for id, p := range pools {
-		p := p
 		d.pools[id] = &p
 	}
 	owned, err := store.ListJSON[claim](d.st, bucketOwned)
@@ -189,7 +188,6 @@ func (d *Driver) load() error {
 		return fmt.Errorf("ipam: loading owned blocks: %w", err)
 	}
 	for _, c := range owned {
-		c := c
 		d.owned[c.Prefix] = &c
 	}
 	allocs, err := store.ListJSON[allocation](d.st, bucketAllocs)
@@ -197,7 +195,6 @@ func (d *Driver) load() error {
 		return fmt.Errorf("ipam: loading allocations: %w", err)
 	}
 	for _, a := range allocs {
-		a := a
 		d.allocs[a.Addr] = &a
 	}
 	known, err := store.ListJSON[remoteClaim](d.st, bucketKnown)
@@ -206,7 +203,6 @@ func (d *Driver) load() error {
 	}
 	now := time.Now()
 	for _, r := range known {
-		r := r
 		r.lastSeen = now
 		d.known[knownKey{r.Owner, r.Prefix}] = &r
 	}

@@ -39,7 +39,6 @@ func (d *Driver) Refresh() {
 		k := knownKey{rc.Owner, rc.Prefix}
 		seen[k] = true
 		old := d.known[k]
-		rc := rc
 		d.known[k] = &rc
 		if old == nil || old.ClaimedAt != rc.ClaimedAt || old.Pin != rc.Pin || old.Aux != rc.Aux {
 			d.saveKnownLocked(&rc)
