@@ -137,6 +137,19 @@ func permanentNeigh(idx int, p Peer) *netlink.Neigh {
 	}
 }
 
+// permanentFDB is the vxlan device's own (NTF_SELF) forwarding entry
+// MAC -> remote VTEP.
+func permanentFDB(idx int, mac net.HardwareAddr, dst net.IP) *netlink.Neigh {
+	return &netlink.Neigh{
+		LinkIndex:    idx,
+		Family:       unix.AF_BRIDGE,
+		Flags:        netlink.NTF_SELF,
+		State:        netlink.NUD_PERMANENT,
+		IP:           dst,
+		HardwareAddr: mac,
+	}
+}
+
 // syncFDB makes the vxlan device's own (NTF_SELF) permanent forwarding entries
 // exactly want. Entries the bridge keeps for the port (NTF_MASTER, e.g. local
 // or learned MACs) are not ours and are left alone.
@@ -159,15 +172,7 @@ func syncFDB(h *netlink.Handle, link netlink.Link, want map[fdbKey]fdbEntry) (ad
 			present[k] = true
 			continue
 		}
-		del := &netlink.Neigh{
-			LinkIndex:    idx,
-			Family:       unix.AF_BRIDGE,
-			Flags:        netlink.NTF_SELF,
-			State:        netlink.NUD_PERMANENT,
-			IP:           n.IP,
-			HardwareAddr: n.HardwareAddr,
-		}
-		if err := h.NeighDel(del); err != nil && !isNotFound(err) {
+		if err := h.NeighDel(permanentFDB(idx, n.HardwareAddr, n.IP)); err != nil && !isNotFound(err) {
 			return added, removed, fmt.Errorf("remove stale forwarding entry %s -> %s: %w", n.HardwareAddr, n.IP, err)
 		}
 		removed++
@@ -178,15 +183,7 @@ func syncFDB(h *netlink.Handle, link netlink.Link, want map[fdbKey]fdbEntry) (ad
 		}
 		// Append, not replace: the all-zeros entry holds one remote per
 		// flood VTEP, and for a unicast MAC the stale remote is already gone.
-		n := &netlink.Neigh{
-			LinkIndex:    idx,
-			Family:       unix.AF_BRIDGE,
-			Flags:        netlink.NTF_SELF,
-			State:        netlink.NUD_PERMANENT,
-			IP:           e.dst,
-			HardwareAddr: e.mac,
-		}
-		if err := h.NeighAppend(n); err != nil {
+		if err := h.NeighAppend(permanentFDB(idx, e.mac, e.dst)); err != nil {
 			return added, removed, fmt.Errorf("add forwarding entry %s -> %s: %w", e.mac, e.dst, err)
 		}
 		added++
