@@ -510,9 +510,15 @@ func TestIPAMDockerSemantics(t *testing.T) {
 
 	t.Run("partition and heal with the same --ip on both sides", func(t *testing.T) {
 		l.networkOnAll(t, "part", "--subnet", "10.64.0.0/24", "-o", "vni=6464")
+		var held []netip.Prefix
 		for i := 1; i <= l.N; i++ {
-			l.mustRunOn(t, i, fmt.Sprintf("p%d", i), "part")
+			a := l.mustRunOn(t, i, fmt.Sprintf("p%d", i), "part")
+			held = append(held, netip.PrefixFrom(a, 28).Masked())
 		}
+		// Blocks are picked at random and a partitioned host still honours
+		// the blocks it knew of, so the address both sides pin must lie in
+		// a block (a /28 of this /24) that no host holds.
+		dup := freeAddressOutside(t, netip.MustParsePrefix("10.64.0.0/24"), 28, held)
 		before := map[int]ipamStats{}
 		for i := 1; i <= l.N; i++ {
 			before[i] = l.ipamState(t, i)
@@ -540,8 +546,8 @@ func TestIPAMDockerSemantics(t *testing.T) {
 			}
 			return true, ""
 		})
-		a1 := l.mustRunOn(t, 1, "dup1", "part", "--ip", "10.64.0.77")
-		a3 := l.mustRunOn(t, 3, "dup3", "part", "--ip", "10.64.0.77")
+		a1 := l.mustRunOn(t, 1, "dup1", "part", "--ip", dup.String())
+		a3 := l.mustRunOn(t, 3, "dup3", "part", "--ip", dup.String())
 		t.Logf("during the partition host 1 and host 3 both started --ip %s / %s", a1, a3)
 		link("up")
 		WaitFor(t, 60*time.Second, "the partition heals", func() (bool, string) {
@@ -568,14 +574,14 @@ func TestIPAMDockerSemantics(t *testing.T) {
 			}
 			// Not programmed: no permanent neighbor entry for the clashing address.
 			ov := l.mhOverlay(t, i, 6464)
-			if neigh := Neighbors(t, ov); strings.Contains(neigh, "10.64.0.77 ") {
-				t.Errorf("host %d programmed the clashing remote 10.64.0.77:\n%s", i, neigh)
+			if neigh := Neighbors(t, ov); strings.Contains(neigh, dup.String()+" ") {
+				t.Errorf("host %d programmed the clashing remote %s:\n%s", i, dup, neigh)
 			}
 		}
 		st2 := l.ipamState(t, 2)
 		ov2 := l.mhOverlay(t, 2, 6464)
 		t.Logf("host 2 (a bystander): cluster IP conflicts %d -> %d, neighbor entries for the address: %q",
-			before[2].Cluster.IPConflicts, st2.Cluster.IPConflicts, mhLineWith(Neighbors(t, ov2)+"\n", "10.64.0.77 "))
+			before[2].Cluster.IPConflicts, st2.Cluster.IPConflicts, mhLineWith(Neighbors(t, ov2)+"\n", dup.String()+" "))
 		for _, i := range []int{1, 3} {
 			st := l.ipamState(t, i)
 			t.Logf("host %d: ipam conflicts %d -> %d, driver ip conflicts %d -> %d, cluster ip conflicts %d -> %d", i,
@@ -583,6 +589,26 @@ func TestIPAMDockerSemantics(t *testing.T) {
 				before[i].Cluster.IPConflicts, st.Cluster.IPConflicts)
 		}
 	})
+}
+
+// freeAddressOutside is the middle address of the highest block of
+// subnet (blocks of blockBits prefix length) that none of held covers.
+func freeAddressOutside(t testing.TB, subnet netip.Prefix, blockBits int, held []netip.Prefix) netip.Addr {
+	t.Helper()
+	var last netip.Addr
+	for a := subnet.Addr(); subnet.Contains(a); a = a.Next() {
+		block := netip.PrefixFrom(a, blockBits).Masked()
+		if a == block.Addr() && !slices.Contains(held, block) {
+			last = a
+		}
+	}
+	if !last.IsValid() {
+		t.Fatalf("every block of %s is held: %v", subnet, held)
+	}
+	for range 1 << (32 - blockBits) / 2 {
+		last = last.Next()
+	}
+	return last
 }
 
 func sliceSet(as []netip.Addr) map[netip.Addr]string {
