@@ -259,9 +259,44 @@ func (o *Overlay) EnsureNetwork(spec NetworkSpec) (err error) {
 	if err := setUp(h.ov, vx); err != nil {
 		return fmt.Errorf("VNI %d: %w", spec.VNI, err)
 	}
+	// A deleted br0 takes its ports off the bridge but leaves them in the
+	// namespace: put the running containers' ports back on the new one.
+	if err := attachPorts(h.ov, br); err != nil {
+		return fmt.Errorf("VNI %d: %w", spec.VNI, err)
+	}
 	if createdNS || createdVx || createdBr {
 		o.log.Info("overlay network ready", "vni", spec.VNI, "netns", path,
 			"new_namespace", createdNS, "new_vxlan", createdVx, "vtep", spec.VTEP, "port", spec.Port, "mtu", spec.MTU)
+	}
+	return nil
+}
+
+// endpointPorts lists the overlay ends of the endpoints' veth pairs: every
+// veth in an overlay namespace is one, since only EnsureEndpoint makes them.
+func endpointPorts(ov *netlink.Handle) ([]netlink.Link, error) {
+	links, err := dump(ov.LinkList)
+	if err != nil {
+		return nil, fmt.Errorf("list links: %w", err)
+	}
+	return slices.DeleteFunc(links, func(l netlink.Link) bool {
+		_, isVeth := l.(*netlink.Veth)
+		return !isVeth
+	}), nil
+}
+
+// attachPorts puts every endpoint port on br and up.
+func attachPorts(ov *netlink.Handle, br netlink.Link) error {
+	ports, err := endpointPorts(ov)
+	if err != nil {
+		return err
+	}
+	for _, p := range ports {
+		if err := setMaster(ov, p, br); err != nil {
+			return err
+		}
+		if err := setUp(ov, p); err != nil {
+			return err
+		}
 	}
 	return nil
 }
@@ -658,6 +693,18 @@ func (o *Overlay) Health(spec NetworkSpec) error {
 		return fmt.Errorf("VNI %d: %s is not attached to %s", spec.VNI, VxlanName, BridgeName)
 	case spec.MTU != 0 && vx.Attrs().MTU != spec.MTU:
 		return fmt.Errorf("VNI %d: %s has MTU %d, want %d", spec.VNI, VxlanName, vx.Attrs().MTU, spec.MTU)
+	}
+	ports, err := endpointPorts(h.ov)
+	if err != nil {
+		return fmt.Errorf("VNI %d: %w", spec.VNI, err)
+	}
+	for _, p := range ports {
+		switch {
+		case p.Attrs().MasterIndex != br.Attrs().Index:
+			return fmt.Errorf("VNI %d: endpoint port %s is not attached to %s", spec.VNI, p.Attrs().Name, BridgeName)
+		case p.Attrs().Flags&net.FlagUp == 0:
+			return fmt.Errorf("VNI %d: endpoint port %s is down", spec.VNI, p.Attrs().Name)
+		}
 	}
 	return nil
 }

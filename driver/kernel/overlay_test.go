@@ -204,6 +204,36 @@ func TestHealthAndRepair(t *testing.T) {
 		t.Errorf("Health after repair: %v", err)
 	}
 
+	// Deleting br0 leaves the endpoints' ports in the namespace, off any
+	// bridge; the rebuilt br0 must take them back.
+	id := "feedfacecafe0123"
+	h.do(func() error {
+		_, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 103, ID: id, MAC: mustMAC(t, "02:42:0a:0a:00:09"), MTU: spec.MTU})
+		return err
+	})
+	if err := ov.LinkDel(mustLink(t, ov, BridgeName)); err != nil {
+		t.Fatal(err)
+	}
+	h.ensureNetwork(spec)
+	if err := ov.LinkSetNoMaster(mustLink(t, ov, overlayIfName(id))); err != nil {
+		t.Fatal(err)
+	}
+	if err := health(); err == nil || !strings.Contains(err.Error(), "endpoint port "+overlayIfName(id)+" is not attached") {
+		t.Errorf("Health with an endpoint port detached = %v", err)
+	}
+	if err := ov.LinkDel(mustLink(t, ov, BridgeName)); err != nil {
+		t.Fatal(err)
+	}
+	h.ensureNetwork(spec)
+	port := mustLink(t, ov, overlayIfName(id))
+	if port.Attrs().MasterIndex != mustLink(t, ov, BridgeName).Attrs().Index || port.Attrs().Flags&net.FlagUp == 0 {
+		t.Errorf("after br0 was rebuilt the endpoint port has master %d, up %v; want on the new br0 and up",
+			port.Attrs().MasterIndex, port.Attrs().Flags&net.FlagUp != 0)
+	}
+	if err := health(); err != nil {
+		t.Errorf("Health after br0 rebuilt: %v", err)
+	}
+
 	// A changed port cannot be altered in place: vxlan0 is recreated.
 	old := mustLink(t, ov, VxlanName).Attrs().Index
 	spec2 := spec

@@ -123,6 +123,16 @@ func TestReconcileRepairsDrift(t *testing.T) {
 			t.Errorf("no new \"overlay damaged; rebuilding\" log line (%d before, %d now)", logBefore, n)
 		}
 		l.waitPing(t, 1, "c1", ip2, 10*time.Second)
+
+		// Deleting br0 also takes c1's port off the bridge: the rebuilt br0
+		// must carry c1 again, not only vxlan0.
+		before = repairs()
+		mustNetns(t, ov, "ip", "link", "del", "br0")
+		took = l.waitPing(t, 1, "c1", ip2, 15*time.Second)
+		t.Logf("c1 reaches c2 again %v after br0 was deleted", took.Round(time.Millisecond))
+		if now := repairs(); now <= before {
+			t.Errorf("DriftRepairs %d -> %d after br0 was deleted", before, now)
+		}
 	})
 
 	t.Run("on demand", func(t *testing.T) {
