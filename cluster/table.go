@@ -219,7 +219,7 @@ func (t *table) index(owner string, e *entry) {
 			t.st.ipConflicts++
 			if t.onIPConflict != nil {
 				other := t.eps[ep.VNI][r]
-				if newerEndpoint(other, ep) {
+				if other.NewerThan(ep) {
 					t.onIPConflict(*other, *ep)
 				} else {
 					t.onIPConflict(*ep, *other)
@@ -342,24 +342,13 @@ func (t *table) gc(ch *changes) {
 	}
 }
 
-// newerEndpoint orders two claims on one IP: higher version, then a
-// deterministic tie-break so every node picks the same winner.
-func newerEndpoint(a, b *Endpoint) bool {
-	if a.Version != b.Version {
-		return a.Version > b.Version
-	}
-	if a.Node != b.Node {
-		return a.Node > b.Node
-	}
-	return a.ID > b.ID
-}
 
 // endpoints returns the remote winners per IP in one VNI.
 func (t *table) endpoints(vni uint32) []Endpoint {
 	best := map[[4]byte]*Endpoint{}
 	for _, ep := range t.eps[vni] {
 		ip := [4]byte(ep.IP.To4())
-		if cur := best[ip]; cur == nil || newerEndpoint(ep, cur) {
+		if cur := best[ip]; cur == nil || ep.NewerThan(cur) {
 			best[ip] = ep
 		}
 	}

@@ -21,6 +21,18 @@ type Endpoint struct {
 	Version uint64 // owner's hybrid clock when it published this endpoint
 }
 
+// NewerThan orders two claims on one IP (or one MAC): higher version, then
+// a deterministic tie-break so every node picks the same winner.
+func (e *Endpoint) NewerThan(o *Endpoint) bool {
+	if e.Version != o.Version {
+		return e.Version > o.Version
+	}
+	if e.Node != o.Node {
+		return e.Node > o.Node
+	}
+	return e.ID > o.ID
+}
+
 // Network is one node's definition of an overlay. It is gossiped so that
 // nodes which disagree about a VNI's subnet or MTU are caught early instead
 // of producing a silently broken overlay.

@@ -87,6 +87,7 @@ func (c *Config) setDefaults() {
 type Stats struct {
 	DriftRepairs   uint64 // kernel objects or entries found wrong by the reconciler and fixed
 	IPConflicts    uint64 // remote endpoints not programmed because they claim a local endpoint's IP
+	MACConflicts   uint64 // remote endpoints not programmed because their MAC is local or behind another VTEP
 	SyncErrors     uint64
 	Reconciles     uint64
 	LastReconcile  time.Time
@@ -126,8 +127,8 @@ type overlay struct {
 	// saved is what the store holds as this network's programmed peers, so
 	// that a sync writes only when they changed, without reading it back.
 	saved []kernel.Peer
-	// conflicts are the addresses claimed by a local and a remote endpoint at
-	// once (address -> remote node/endpoint), so each is reported once.
+	// conflicts are the remote endpoints left out of the tables because they
+	// clash (node/endpoint -> why), so each is reported once.
 	conflicts map[string]string
 }
 
@@ -477,38 +478,65 @@ func (d *Driver) Stats() Stats {
 }
 
 // desiredPeers is what vni's static tables should hold: every remote endpoint
-// the cluster knows, minus any that claims a local endpoint's address (never
-// silently programmed: counted and logged), plus, during the restore grace
-// period, what was programmed before the restart.
+// the cluster knows, minus any that clashes (never silently programmed:
+// counted and logged once), plus, during the restore grace period, what was
+// programmed before the restart. A remote endpoint clashes when it claims a
+// local endpoint's address or MAC, or a MAC that a newer remote endpoint
+// behind another VTEP has (the kernel's FDB can send a MAC to one VTEP only;
+// two containers started with the same --mac-address on two hosts must not
+// stall the whole network's table).
 func (d *Driver) desiredPeers(o *overlay) (peers []kernel.Peer, flood []net.IP) {
-	local := map[string]string{}
+	localIP, localMAC := map[string]string{}, map[string]string{}
 	for _, ep := range o.endpoints {
-		local[ep.ip.String()] = ep.ID
+		localIP[ep.ip.String()] = ep.ID
+		localMAC[ep.mac.String()] = ep.ID
 	}
+	remotes := d.gossip.Endpoints(o.VNI)
+	sort.Slice(remotes, func(i, j int) bool { return remotes[i].NewerThan(&remotes[j]) })
 	byIP := map[string]kernel.Peer{}
-	for _, p := range o.restored {
-		if _, clash := local[p.IP.String()]; !clash {
-			byIP[p.IP.String()] = p
-		}
-	}
+	macAt := map[string]net.IP{} // MAC -> the VTEP it is programmed behind
 	conflicts := map[string]string{}
-	for _, rep := range d.gossip.Endpoints(o.VNI) {
-		if id, clash := local[rep.IP.String()]; clash {
-			key := rep.IP.String()
-			conflicts[key] = rep.Node + "/" + rep.ID
+	for _, rep := range remotes {
+		ip, mac := rep.IP.String(), rep.MAC.String()
+		var clash string
+		switch {
+		case localIP[ip] != "":
+			clash = "claims the address of local endpoint " + short(localIP[ip])
+		case localMAC[mac] != "":
+			clash = "has the MAC of local endpoint " + short(localMAC[mac])
+		case macAt[mac] != nil && !macAt[mac].Equal(rep.VTEP):
+			clash = "has the MAC of a newer endpoint behind VTEP " + macAt[mac].String()
+		}
+		if clash != "" {
+			key := rep.Node + "/" + rep.ID
+			conflicts[key] = clash
 			// Loud once per conflict, not on every sync of the network.
-			if o.conflicts[key] != conflicts[key] {
-				d.stats.IPConflicts++
-				d.log.Error("address conflict: a remote endpoint claims the address of a local one; not programming it",
-					"vni", o.VNI, "ip", rep.IP, "local_endpoint", short(id), "remote_node", rep.Node, "remote_endpoint", short(rep.ID))
+			if o.conflicts[key] != clash {
+				if localIP[ip] != "" {
+					d.stats.IPConflicts++
+				} else {
+					d.stats.MACConflicts++
+				}
+				d.log.Error("conflict: not programming a remote endpoint", "vni", o.VNI, "problem", clash,
+					"ip", rep.IP, "mac", rep.MAC, "remote_node", rep.Node, "remote_endpoint", short(rep.ID))
 			}
 			continue
 		}
-		byIP[rep.IP.String()] = kernel.Peer{IP: rep.IP, MAC: rep.MAC, VTEP: rep.VTEP}
+		macAt[mac] = rep.VTEP
+		byIP[ip] = kernel.Peer{IP: rep.IP, MAC: rep.MAC, VTEP: rep.VTEP}
+	}
+	for _, p := range o.restored {
+		ip, mac := p.IP.String(), p.MAC.String()
+		if _, known := byIP[ip]; known || localIP[ip] != "" || localMAC[mac] != "" ||
+			(macAt[mac] != nil && !macAt[mac].Equal(p.VTEP)) {
+			continue // the cluster's view wins over what was remembered
+		}
+		macAt[mac] = p.VTEP
+		byIP[ip] = p
 	}
 	for key := range o.conflicts {
 		if _, still := conflicts[key]; !still {
-			d.log.Info("address conflict resolved", "vni", o.VNI, "ip", key)
+			d.log.Info("conflict resolved", "vni", o.VNI, "remote_endpoint", key)
 		}
 	}
 	o.conflicts = conflicts

@@ -347,12 +347,11 @@ func TestRemoteEndpointsAreProgrammed(t *testing.T) {
 	h := newHarness(t)
 	h.createNetwork(map[string]interface{}{"vni": "42", "flood": "true"})
 	h.createEndpoint(epID, "10.10.0.2/24")
-	mac := net.HardwareAddr{2, 0, 0, 0, 0, 9}
 	h.g.setRemote(42,
-		cluster.Endpoint{VNI: 42, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(), MAC: mac, Node: "b", VTEP: net.ParseIP("10.98.0.2").To4()},
-		cluster.Endpoint{VNI: 42, ID: "r2", IP: net.ParseIP("10.10.0.4").To4(), MAC: mac, Node: "c", VTEP: net.ParseIP("10.98.0.3").To4()},
+		cluster.Endpoint{VNI: 42, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: "b", VTEP: net.ParseIP("10.98.0.2").To4()},
+		cluster.Endpoint{VNI: 42, ID: "r2", IP: net.ParseIP("10.10.0.4").To4(), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 10}, Node: "c", VTEP: net.ParseIP("10.98.0.3").To4()},
 		// claims the local endpoint's address: must not be programmed
-		cluster.Endpoint{VNI: 42, ID: "r3", IP: net.ParseIP("10.10.0.2").To4(), MAC: mac, Node: "c", VTEP: net.ParseIP("10.98.0.3").To4()},
+		cluster.Endpoint{VNI: 42, ID: "r3", IP: net.ParseIP("10.10.0.2").To4(), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 11}, Node: "c", VTEP: net.ParseIP("10.98.0.3").To4()},
 	)
 	h.drv.EndpointsChanged(42)
 	want := []string{"10.10.0.3@10.98.0.2", "10.10.0.4@10.98.0.3"}
@@ -378,6 +377,47 @@ func TestRemoteEndpointsAreProgrammed(t *testing.T) {
 	h.g.setRemote(42)
 	h.drv.EndpointsChanged(42)
 	waitFor(t, "peers removed", func() bool { return len(h.dp.peerIPs(42)) == 0 })
+}
+
+// TestMACClashes: two remote endpoints with one MAC behind two VTEPs (the
+// same --mac-address on two hosts), or a remote with a local endpoint's MAC,
+// must not stall the network's tables: the newer remote claim is programmed,
+// the other is left out, counted and logged once.
+func TestMACClashes(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(map[string]interface{}{"vni": "42"})
+	localMAC, err := net.ParseMAC(h.createEndpoint(epID, "10.10.0.2/24").Interface.MacAddress)
+	if err != nil {
+		t.Fatal(err)
+	}
+	shared := net.HardwareAddr{2, 0, 0, 0, 0, 9}
+	vtepB, vtepC := net.ParseIP("10.98.0.2").To4(), net.ParseIP("10.98.0.3").To4()
+	h.g.setRemote(42,
+		cluster.Endpoint{VNI: 42, ID: "old", IP: net.ParseIP("10.10.0.3").To4(), MAC: shared, Node: "b", VTEP: vtepB, Version: 1},
+		cluster.Endpoint{VNI: 42, ID: "new", IP: net.ParseIP("10.10.0.4").To4(), MAC: shared, Node: "c", VTEP: vtepC, Version: 2},
+		// The same MAC twice behind one VTEP is programmable: one FDB entry.
+		cluster.Endpoint{VNI: 42, ID: "twin", IP: net.ParseIP("10.10.0.5").To4(), MAC: shared, Node: "c", VTEP: vtepC, Version: 1},
+		cluster.Endpoint{VNI: 42, ID: "mine", IP: net.ParseIP("10.10.0.6").To4(), MAC: localMAC, Node: "b", VTEP: vtepB, Version: 3},
+		cluster.Endpoint{VNI: 42, ID: "fine", IP: net.ParseIP("10.10.0.7").To4(), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 10}, Node: "b", VTEP: vtepB, Version: 1},
+	)
+	h.drv.EndpointsChanged(42)
+	want := []string{"10.10.0.4@10.98.0.3", "10.10.0.5@10.98.0.3", "10.10.0.7@10.98.0.2"}
+	waitFor(t, "the non-clashing peers programmed", func() bool { return reflect.DeepEqual(h.dp.peerIPs(42), want) })
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.drv.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if s := h.drv.Stats(); s.MACConflicts != 2 || s.IPConflicts != 0 || s.SyncErrors != 0 {
+		t.Fatalf("MAC conflicts %d, IP conflicts %d, sync errors %d; want 2, 0, 0", s.MACConflicts, s.IPConflicts, s.SyncErrors)
+	}
+	// The newer claim goes away: the older one is programmed now.
+	h.g.setRemote(42,
+		cluster.Endpoint{VNI: 42, ID: "old", IP: net.ParseIP("10.10.0.3").To4(), MAC: shared, Node: "b", VTEP: vtepB, Version: 1})
+	h.drv.EndpointsChanged(42)
+	waitFor(t, "the older claim programmed", func() bool {
+		return reflect.DeepEqual(h.dp.peerIPs(42), []string{"10.10.0.3@10.98.0.2"})
+	})
 }
 
 func TestReconcileRepairsDrift(t *testing.T) {

@@ -111,6 +111,11 @@ func (f *fakeDataplane) SyncPeers(vni uint32, peers []kernel.Peer, flood []net.I
 	if _, ok := f.networks[vni]; !ok {
 		return kernel.SyncResult{}, fmt.Errorf("no network %d", vni)
 	}
+	// Refuse what the kernel dataplane refuses, so the driver's tests catch
+	// tables it could never program.
+	if err := kernel.CheckPeers(peers, flood); err != nil {
+		return kernel.SyncResult{}, err
+	}
 	var res kernel.SyncResult
 	if !samePeers(f.peers[vni], peers) {
 		res.NeighAdded = len(peers)

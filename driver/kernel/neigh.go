@@ -44,6 +44,14 @@ func ipKey(ip net.IP) [16]byte {
 	return k
 }
 
+// CheckPeers reports what SyncPeers would refuse in peers and flood without
+// touching the kernel: a malformed peer, an IP listed with two MACs, a MAC
+// listed behind two VTEPs.
+func CheckPeers(peers []Peer, flood []net.IP) error {
+	_, _, err := desiredTables(peers, flood)
+	return err
+}
+
 // desiredTables validates peers and flood and turns them into the exact
 // neighbor (IP->MAC) and FDB ((MAC,VTEP)) sets wanted on the vxlan device.
 func desiredTables(peers []Peer, flood []net.IP) (map[[16]byte]Peer, map[fdbKey]fdbEntry, error) {
