@@ -93,6 +93,9 @@ type Stats struct {
 	LastReconcile  time.Time
 	Networks       int
 	LocalEndpoints int
+	// UnfinishedCleanups are deletes whose kernel or store step failed and
+	// that the reconcile loop keeps retrying.
+	UnfinishedCleanups int
 }
 
 // Driver implements network.Driver.
@@ -107,6 +110,10 @@ type Driver struct {
 	networks map[string]*overlay // by Docker network ID
 	byVNI    map[uint32]*overlay
 	stats    Stats
+	// unfinished are clean-ups of networks and endpoints Docker has already
+	// forgotten (it goes on after a failed delete) whose kernel or store
+	// step failed, by what they remove; the reconcile loop retries them.
+	unfinished map[string]func() error
 
 	dirtyMu  sync.Mutex
 	dirty    map[uint32]struct{}
@@ -159,8 +166,10 @@ func New(cfg Config, dp Dataplane, st *store.Store) *Driver {
 		networks: map[string]*overlay{},
 		byVNI:    map[uint32]*overlay{},
 		dirty:    map[uint32]struct{}{},
-		kick:     make(chan struct{}, 1),
-		onDemand: make(chan chan struct{}),
+
+		unfinished: map[string]func() error{},
+		kick:       make(chan struct{}, 1),
+		onDemand:   make(chan chan struct{}),
 	}
 }
 
@@ -247,7 +256,10 @@ func (d *Driver) undo(what string, err error) {
 	}
 }
 
-// DeleteNetwork removes everything CreateNetwork made.
+// DeleteNetwork removes everything CreateNetwork made. Docker forgets the
+// network whatever the answer, so it leaves vxovl's view at once (its VNI is
+// free again); a kernel or store step that fails is retried by the
+// reconcile loop.
 func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -255,23 +267,30 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	if err != nil {
 		return err
 	}
+	var errs []error
 	for id := range o.endpoints {
-		if err := d.deleteEndpointLocked(o, id); err != nil {
-			return err
-		}
-	}
-	if err := d.dp.DeleteNetwork(o.VNI); err != nil {
-		return fmt.Errorf("removing overlay for VNI %d: %w", o.VNI, err)
-	}
-	d.undo("withdraw network", d.gossip.WithdrawNetwork(o.VNI))
-	if err := d.store.Delete(bucketNetworks, o.ID); err != nil {
-		return err
-	}
-	if err := d.store.Delete(bucketPeers, vniKey(o.VNI)); err != nil {
-		return err
+		errs = append(errs, d.deleteEndpointLocked(o, id))
 	}
 	delete(d.networks, o.ID)
 	delete(d.byVNI, o.VNI)
+	d.undo("withdraw network", d.gossip.WithdrawNetwork(o.VNI))
+	vni, id := o.VNI, o.ID
+	errs = append(errs, d.finish("network "+short(id), func() error {
+		// A network created since with the same VNI owns the namespace and
+		// the peer list now.
+		if _, reused := d.byVNI[vni]; !reused {
+			if err := d.dp.DeleteNetwork(vni); err != nil {
+				return fmt.Errorf("removing overlay for VNI %d: %w", vni, err)
+			}
+			if err := d.store.Delete(bucketPeers, vniKey(vni)); err != nil {
+				return err
+			}
+		}
+		return d.store.Delete(bucketNetworks, id)
+	}))
+	if err := errors.Join(errs...); err != nil {
+		return err
+	}
 	d.log.Info("network deleted", "network", short(o.ID), "vni", o.VNI)
 	return nil
 }
@@ -379,17 +398,33 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	return d.deleteEndpointLocked(o, req.EndpointID)
 }
 
+// deleteEndpointLocked drops the endpoint from vxovl's view and the cluster
+// at once (Docker forgets it whatever the answer) and removes its veth and
+// record, leaving a failed step to the reconcile loop.
 func (d *Driver) deleteEndpointLocked(o *overlay, id string) error {
-	if err := d.dp.DeleteEndpoint(o.VNI, id); err != nil {
-		return fmt.Errorf("removing veth of endpoint %s: %w", short(id), err)
-	}
+	delete(o.endpoints, id)
+	d.markDirty(o.VNI)
 	d.undo("withdraw endpoint", d.gossip.WithdrawEndpoint(o.VNI, id))
-	if err := d.store.Delete(bucketEndpoints, id); err != nil {
+	vni := o.VNI
+	if err := d.finish("endpoint "+short(id), func() error {
+		if err := d.dp.DeleteEndpoint(vni, id); err != nil {
+			return fmt.Errorf("removing veth of endpoint %s: %w", short(id), err)
+		}
+		return d.store.Delete(bucketEndpoints, id)
+	}); err != nil {
 		return err
 	}
-	delete(o.endpoints, id)
 	d.log.Info("endpoint deleted", "network", short(o.ID), "vni", o.VNI, "endpoint", short(id))
-	d.markDirty(o.VNI)
+	return nil
+}
+
+// finish runs a clean-up now and, when it fails, keeps it for the reconcile
+// loop to retry.
+func (d *Driver) finish(what string, cleanup func() error) error {
+	if err := cleanup(); err != nil {
+		d.unfinished[what] = cleanup
+		return fmt.Errorf("%w (vxovl retries the clean-up of %s in the background)", err, what)
+	}
 	return nil
 }
 
@@ -471,6 +506,7 @@ func (d *Driver) Stats() Stats {
 	defer d.mu.Unlock()
 	s := d.stats
 	s.Networks = len(d.networks)
+	s.UnfinishedCleanups = len(d.unfinished)
 	for _, o := range d.networks {
 		s.LocalEndpoints += len(o.endpoints)
 	}

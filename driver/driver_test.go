@@ -15,6 +15,7 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/vxovl/vxovl/cluster"
+	"github.com/vxovl/vxovl/driver/kernel"
 	"github.com/vxovl/vxovl/driver/store"
 )
 
@@ -418,6 +419,81 @@ func TestMACClashes(t *testing.T) {
 	waitFor(t, "the older claim programmed", func() bool {
 		return reflect.DeepEqual(h.dp.peerIPs(42), []string{"10.10.0.3@10.98.0.2"})
 	})
+}
+
+// TestFailedDeletesAreRetried: Docker forgets a network or endpoint even
+// when the driver's delete fails, so a failed kernel step must neither keep
+// a ghost that blocks its address or VNI nor be forgotten: the reconcile
+// loop finishes it.
+func TestFailedDeletesAreRetried(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(map[string]interface{}{"vni": "42"})
+	h.createEndpoint(epID, "10.10.0.2/24")
+	reconcile := func() {
+		t.Helper()
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := h.drv.Reconcile(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	h.dp.failNext["DeleteEndpoint"] = errors.New("netlink: device busy")
+	err := h.drv.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: netID, EndpointID: epID})
+	if err == nil || !strings.Contains(err.Error(), "retries the clean-up") {
+		t.Fatalf("failed DeleteEndpoint = %v, want an error saying it is retried", err)
+	}
+	if s := h.drv.Stats(); s.LocalEndpoints != 0 || s.UnfinishedCleanups != 1 {
+		t.Fatalf("after a failed delete: %d local endpoints, %d unfinished clean-ups; want 0, 1", s.LocalEndpoints, s.UnfinishedCleanups)
+	}
+	// Docker hands the address to the next container: it must be accepted.
+	const ep2 = "e2cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+	h.createEndpoint(ep2, "10.10.0.2/24")
+	reconcile()
+	h.dp.mu.Lock()
+	_, veth := h.dp.endpoints[epID]
+	h.dp.mu.Unlock()
+	if veth || h.drv.Stats().UnfinishedCleanups != 0 {
+		t.Fatalf("after a reconcile: old veth present %v, unfinished %d; want false, 0", veth, h.drv.Stats().UnfinishedCleanups)
+	}
+	if eps, _ := store.ListJSON[endpointRecord](h.st, bucketEndpoints); len(eps) != 1 || eps[ep2].ID != ep2 {
+		t.Fatalf("stored endpoints %+v, want only %s", eps, short(ep2))
+	}
+
+	h.dp.failNext["DeleteNetwork"] = errors.New("netlink: device busy")
+	if err := h.drv.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: netID}); err == nil {
+		t.Fatal("failed DeleteNetwork answered no error")
+	}
+	// The same VNI is free for a new network at once, and the retried
+	// clean-up of the old one must not tear the new one down.
+	const net2 = "n2dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"
+	req := createReq(map[string]interface{}{"vni": "42"}, "10.10.0.0/24", "10.10.0.1/24")
+	req.NetworkID = net2
+	if err := h.drv.CreateNetwork(req); err != nil {
+		t.Fatalf("CreateNetwork with the VNI of a network whose delete failed: %v", err)
+	}
+	reconcile()
+	h.dp.mu.Lock()
+	_, alive := h.dp.networks[42]
+	h.dp.mu.Unlock()
+	if !alive || h.drv.Stats().UnfinishedCleanups != 0 {
+		t.Fatalf("after a reconcile: new network's overlay present %v, unfinished %d; want true, 0", alive, h.drv.Stats().UnfinishedCleanups)
+	}
+	if nets, _ := store.ListJSON[networkRecord](h.st, bucketNetworks); len(nets) != 1 || nets[net2].ID != net2 {
+		t.Fatalf("stored networks %+v, want only %s", nets, short(net2))
+	}
+
+	// A namespace no network owns (a rollback whose delete failed) goes too.
+	h.dp.mu.Lock()
+	h.dp.networks[77] = kernel.NetworkSpec{VNI: 77}
+	h.dp.mu.Unlock()
+	reconcile()
+	h.dp.mu.Lock()
+	_, leftover := h.dp.networks[77]
+	h.dp.mu.Unlock()
+	if leftover {
+		t.Fatal("reconcile kept an overlay namespace no network owns")
+	}
 }
 
 func TestReconcileRepairsDrift(t *testing.T) {

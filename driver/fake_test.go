@@ -54,6 +54,9 @@ func (f *fakeDataplane) EnsureNetwork(s kernel.NetworkSpec) error {
 func (f *fakeDataplane) DeleteNetwork(vni uint32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fail("DeleteNetwork"); err != nil {
+		return err
+	}
 	delete(f.networks, vni)
 	delete(f.peers, vni)
 	delete(f.flood, vni)
@@ -100,6 +103,9 @@ func (f *fakeDataplane) EnsureEndpoint(s kernel.EndpointSpec) (string, error) {
 func (f *fakeDataplane) DeleteEndpoint(vni uint32, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	if err := f.fail("DeleteEndpoint"); err != nil {
+		return err
+	}
 	delete(f.endpoints, id)
 	return nil
 }

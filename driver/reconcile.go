@@ -61,18 +61,7 @@ func (d *Driver) restoreLocked() error {
 		o.endpoints[ep.ID] = ep
 	}
 
-	// Namespaces pinned for VNIs we no longer know are leftovers of a crash
-	// between the kernel step and the store step: remove them.
-	if pinned, err := d.dp.Networks(); err == nil {
-		for _, vni := range pinned {
-			if _, ok := d.byVNI[vni]; !ok {
-				d.log.Warn("removing leftover overlay namespace with no stored network", "vni", vni)
-				d.undo("delete leftover network", d.dp.DeleteNetwork(vni))
-			}
-		}
-	} else {
-		d.log.Warn("listing pinned overlay namespaces", "err", err)
-	}
+	d.removeLeftoverNamespaces()
 
 	for _, o := range d.networks {
 		if err := d.gossip.PublishNetwork(o.clusterNetwork()); err != nil {
@@ -209,6 +198,23 @@ func (d *Driver) syncDirty() {
 	}
 }
 
+// removeLeftoverNamespaces removes pinned namespaces of VNIs no network
+// has: leftovers of a crash between the kernel step and the store step, or
+// of a delete or rollback whose kernel step failed.
+func (d *Driver) removeLeftoverNamespaces() {
+	pinned, err := d.dp.Networks()
+	if err != nil {
+		d.log.Warn("listing pinned overlay namespaces; will retry", "err", err)
+		return
+	}
+	for _, vni := range pinned {
+		if _, ok := d.byVNI[vni]; !ok {
+			d.log.Warn("removing leftover overlay namespace with no network", "vni", vni)
+			d.undo("delete leftover network", d.dp.DeleteNetwork(vni))
+		}
+	}
+}
+
 // reconcileAll checks every overlay's kernel objects and tables and repairs
 // what drifted (someone deleted the VXLAN device or an entry by hand, a
 // previous step failed). Docker's overlay has no such loop.
@@ -217,6 +223,15 @@ func (d *Driver) reconcileAll(reason string) {
 	defer d.mu.Unlock()
 	d.stats.Reconciles++
 	d.stats.LastReconcile = time.Now()
+	for what, cleanup := range d.unfinished {
+		if err := cleanup(); err != nil {
+			d.log.Warn("clean-up still failing; will retry", "of", what, "err", err)
+			continue
+		}
+		delete(d.unfinished, what)
+		d.log.Info("finished a clean-up that had failed", "of", what)
+	}
+	d.removeLeftoverNamespaces()
 	for _, o := range d.networks {
 		if err := d.dp.Health(d.spec(o)); err != nil {
 			d.stats.DriftRepairs++
