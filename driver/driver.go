@@ -119,6 +119,7 @@ type Driver struct {
 	dirty    map[uint32]struct{}
 	kick     chan struct{}
 	onDemand chan chan struct{}
+	loop     sync.WaitGroup
 }
 
 var _ network.Driver = (*Driver)(nil)

@@ -20,9 +20,13 @@ func (d *Driver) Start(ctx context.Context, g Gossip) error {
 	if err != nil {
 		return err
 	}
-	go d.run(ctx)
+	d.loop.Go(func() { d.run(ctx) })
 	return nil
 }
+
+// Wait returns once the loop Start began has ended (after its context was
+// cancelled), so that the store can be closed under nobody's feet.
+func (d *Driver) Wait() { d.loop.Wait() }
 
 func (d *Driver) restoreLocked() error {
 	nets, err := store.ListJSON[networkRecord](d.store, bucketNetworks)

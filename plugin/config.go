@@ -93,6 +93,9 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	}
 	port("GOSSIP_PORT", &c.GossipPort)
 	port("VXLAN_PORT", &c.VXLANPort)
+	if c.GossipPort == c.VXLANPort {
+		bad("VXLAN_PORT", strconv.Itoa(c.VXLANPort), "a UDP port other than GOSSIP_PORT's")
+	}
 	if v := strings.TrimSpace(getenv("GOSSIP_KEY")); v != "" {
 		k, err := base64.StdEncoding.DecodeString(v)
 		if err != nil || (len(k) != 16 && len(k) != 24 && len(k) != 32) {
@@ -113,18 +116,20 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 			bad("LOG_LEVEL", v, "debug, info, warn or error")
 		}
 	}
-	duration := func(name string, dst *time.Duration, min time.Duration) {
+	duration := func(name string, dst *time.Duration, min, max time.Duration) {
 		if v := strings.TrimSpace(getenv(name)); v != "" {
 			d, err := time.ParseDuration(v)
-			if err != nil || d < min {
-				bad(name, v, fmt.Sprintf("a duration of at least %s, like 10s", min))
+			if err != nil || d < min || d > max {
+				bad(name, v, fmt.Sprintf("a duration from %s to %s, like 10s", min, max))
 				return
 			}
 			*dst = d
 		}
 	}
-	duration("DEAD_TIMEOUT", &c.DeadTimeout, 2*time.Second)
-	duration("RECONCILE_INTERVAL", &c.ReconcileInterval, time.Second)
+	// A dead host's endpoints stay programmed for up to DEAD_TIMEOUT, and
+	// the cluster keeps removal records (10 minutes) longer than that.
+	duration("DEAD_TIMEOUT", &c.DeadTimeout, 2*time.Second, 5*time.Minute)
+	duration("RECONCILE_INTERVAL", &c.ReconcileInterval, time.Second, time.Hour)
 	for name, dst := range map[string]*string{"STATE_DIR": &c.StateDir, "NETNS_DIR": &c.NetnsDir, "SOCKET": &c.SocketPath} {
 		if v := strings.TrimSpace(getenv(name)); v != "" {
 			*dst = v

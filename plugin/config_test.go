@@ -46,6 +46,14 @@ func TestConfigBadValuesNameTheVariable(t *testing.T) {
 			t.Errorf("%s=%s: err = %v", k, v, err)
 		}
 	}
+	for name, env := range map[string]map[string]string{
+		"VXLAN_PORT":   {"GOSSIP_PORT": "4789"}, // the default VXLAN port
+		"DEAD_TIMEOUT": {"DEAD_TIMEOUT": "1h"},  // beyond the cluster's removal records
+	} {
+		if _, err := configFromEnv(envOf(env)); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("%v: err = %v, want one naming %s", env, err, name)
+		}
+	}
 	_, err := configFromEnv(envOf(map[string]string{"GOSSIP_KEY": "c2hvcnQ="}))
 	if strings.Contains(err.Error(), "c2hvcnQ") {
 		t.Error("the key leaked into the error message")

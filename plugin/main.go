@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -62,18 +63,28 @@ func run(cfg Config, cfgErr error, log *slog.Logger) error {
 		return fmt.Errorf("listening on %s: %w", cfg.SocketPath, err)
 	}
 	srv := &http.Server{Handler: api, ReadHeaderTimeout: 10 * time.Second}
+	drained := make(chan struct{})
 	go func() {
+		defer close(drained)
 		<-ctx.Done()
-		shutdownCtx, c := context.WithTimeout(context.Background(), 5*time.Second)
+		shutdownCtx, c := context.WithTimeout(context.Background(), shutdownGrace)
 		defer c()
-		_ = srv.Shutdown(shutdownCtx)
+		if err := srv.Shutdown(shutdownCtx); err != nil {
+			log.Warn("calls still running at shutdown", "err", err)
+		}
 	}()
 	log.Info("serving plugin API", "socket", cfg.SocketPath)
 	if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 		return fmt.Errorf("serving %s: %w", cfg.SocketPath, err)
 	}
+	// Serve returns as soon as Shutdown begins: let the calls in flight
+	// finish before cleanup closes the store under them.
+	<-drained
 	return nil
 }
+
+// shutdownGrace bounds how long a stopping plugin waits for calls in flight.
+const shutdownGrace = 5 * time.Second
 
 // setup builds store, data plane, cluster and driver, and restores state.
 func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (http.Handler, func(), error) {
@@ -84,7 +95,11 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 	if err != nil {
 		return nil, nil, err
 	}
-	undo := []func(){func() { st.Close() }}
+	// The background loops end before the cluster and the store they use
+	// are shut down: also when setup fails half-way.
+	ctx, stopLoops := context.WithCancel(ctx)
+	var loops sync.WaitGroup
+	undo := []func(){func() { stopLoops(); st.Close() }}
 	cleanup := func() {
 		for i := len(undo) - 1; i >= 0; i-- {
 			undo[i]()
@@ -144,7 +159,12 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 		_ = cl.Shutdown()
 		saveVersion(st, cl, log)
 	})
-	go persistVersion(ctx, st, cl, log)
+	undo = append(undo, func() {
+		stopLoops()
+		loops.Wait()
+		drv.Wait()
+	})
+	loops.Go(func() { persistVersion(ctx, st, cl, log) })
 
 	if err := drv.Start(ctx, cl); err != nil {
 		return fail(err)
@@ -168,7 +188,7 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 		}
 		writeJSON(w, http.StatusOK, drv.Stats())
 	})
-	go reconcileOnHUP(ctx, drv, log)
+	loops.Go(func() { reconcileOnHUP(ctx, drv, log) })
 	return api, cleanup, nil
 }
 
