@@ -10,10 +10,12 @@
 package cluster
 
 import (
+	"context"
 	"fmt"
 	"log"
 	"log/slog"
 	"net"
+	"slices"
 	"sort"
 	"strconv"
 	"sync"
@@ -562,9 +564,31 @@ func (c *Cluster) missingPeers() []string {
 		if _, _, err := net.SplitHostPort(p); err != nil {
 			hp = net.JoinHostPort(p, strconv.Itoa(c.cfg.BindPort))
 		}
-		if !have[hp] {
+		if !slices.ContainsFunc(resolvePeer(hp), func(a string) bool { return have[a] }) {
 			out = append(out, hp)
 		}
+	}
+	return out
+}
+
+// resolvePeer turns a configured host:port into the ip:port forms members
+// are known by, so that a peer given by name is not joined again and again.
+// A name that does not resolve now stays as it is (memberlist's join will
+// say why).
+func resolvePeer(hostPort string) []string {
+	host, port, err := net.SplitHostPort(hostPort)
+	if err != nil || net.ParseIP(host) != nil {
+		return []string{hostPort}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	addrs, err := net.DefaultResolver.LookupIPAddr(ctx, host)
+	if err != nil {
+		return []string{hostPort}
+	}
+	out := make([]string, 0, len(addrs))
+	for _, a := range addrs {
+		out = append(out, net.JoinHostPort(a.IP.String(), port))
 	}
 	return out
 }

@@ -353,3 +353,15 @@ func TestCaughtUpOnceEveryPeerSentItsState(t *testing.T) {
 		eventually(t, 10*time.Second, n.self+" caught up with both others", n.CaughtUp)
 	}
 }
+
+// TestPeerByNameIsNotRejoined: PEERS may name hosts; once the named host is
+// a member it must count as joined, not be joined again every
+// RejoinInterval.
+func TestPeerByNameIsNotRejoined(t *testing.T) {
+	a := startNode(t, "a", nodeOpts{}, &recorder{})
+	b := startNode(t, "b", nodeOpts{peers: []string{net.JoinHostPort("localhost", strconv.Itoa(a.cfg.BindPort))}}, &recorder{})
+	eventually(t, 10*time.Second, "b joined a by name", func() bool { return len(b.Members()) == 2 })
+	if missing := b.missingPeers(); len(missing) != 0 {
+		t.Fatalf("peers still counted as missing after joining: %v", missing)
+	}
+}
