@@ -38,7 +38,7 @@ type fakeNode struct {
 	done    chan struct{}
 }
 
-func newFakeNet(t *testing.T) *fakeNet {
+func newFakeNet(t testing.TB) *fakeNet {
 	n := &fakeNet{nodes: map[string]*fakeNode{}, group: map[string]int{}, records: map[string]map[string]cluster.Record{},
 		maxDelay: 3 * time.Millisecond, stop: make(chan struct{})}
 	t.Cleanup(func() { close(n.stop); n.wg.Wait() })

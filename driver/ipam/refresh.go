@@ -35,13 +35,18 @@ func (d *Driver) Refresh() {
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	// Remembered claims are written in one transaction: a node learning a
+	// large cluster's claims must not hold d.mu through one fsync per claim
+	// while claim requests wait for it.
+	save := map[string]any{}
+	var forget []string
 	for _, rc := range fresh {
 		k := knownKey{rc.Owner, rc.Prefix}
 		seen[k] = true
 		old := d.known[k]
 		d.known[k] = &rc
 		if old == nil || old.ClaimedAt != rc.ClaimedAt || old.Pin != rc.Pin || old.Aux != rc.Aux {
-			d.saveKnownLocked(&rc)
+			save[k.String()] = &rc
 		}
 	}
 	var next time.Time // when the earliest remembered claim expires
@@ -64,8 +69,12 @@ func (d *Driver) Refresh() {
 				"node", k.owner, "prefix", k.prefix, "timeout", d.cfg.OrphanTimeout)
 		}
 		delete(d.known, k)
-		if err := d.st.Delete(bucketKnown, k.String()); err != nil {
-			d.log.Error("forgetting a remote claim failed", "key", k.String(), "err", err)
+		forget = append(forget, k.String())
+	}
+	if len(save) > 0 || len(forget) > 0 {
+		if err := d.st.Write(bucketKnown, save, forget); err != nil {
+			d.log.Error("remembering remote address claims failed; after a restart this node may not respect them while their owners are unreachable",
+				"claims", len(save), "forgotten", len(forget), "err", err)
 		}
 	}
 	d.scheduleRefreshLocked(next)
@@ -89,13 +98,6 @@ func (d *Driver) scheduleRefreshLocked(at time.Time) {
 		d.mu.Unlock()
 		d.Refresh()
 	})
-}
-
-func (d *Driver) saveKnownLocked(r *remoteClaim) {
-	if err := d.st.Put(bucketKnown, knownKey{r.Owner, r.Prefix}.String(), r); err != nil {
-		d.log.Error("remembering a remote claim failed; after a restart this node may not respect it while its owner is unreachable",
-			"owner", r.Owner, "prefix", r.Prefix, "err", err)
-	}
 }
 
 func (d *Driver) sortedKnownLocked() []*remoteClaim {

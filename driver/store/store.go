@@ -101,34 +101,50 @@ func (s *Store) Close() error { return s.db.Close() }
 
 // Put stores v as JSON under bucket/key, committed (fsynced) on return.
 func (s *Store) Put(bucket, key string, v any) error {
-	raw, err := json.Marshal(v)
-	if err != nil {
-		return fmt.Errorf("encoding %s/%s: %w", bucket, key, err)
-	}
-	err = s.db.Update(func(tx *bolt.Tx) error {
-		b, err := tx.CreateBucketIfNotExists([]byte(bucket))
-		if err != nil {
-			return err
-		}
-		return b.Put([]byte(key), raw)
-	})
-	if err != nil {
-		return fmt.Errorf("writing %s/%s to %s: %w", bucket, key, s.path, err)
-	}
-	return nil
+	return s.Write(bucket, map[string]any{key: v}, nil)
 }
 
 // Delete removes bucket/key; a missing key is not an error.
 func (s *Store) Delete(bucket, key string) error {
+	return s.Write(bucket, nil, []string{key})
+}
+
+// Write stores each of puts as JSON and removes each of deletes (missing
+// keys are not an error) in one transaction: one fsync for many changes.
+func (s *Store) Write(bucket string, puts map[string]any, deletes []string) error {
+	raw := make(map[string][]byte, len(puts))
+	for k, v := range puts {
+		b, err := json.Marshal(v)
+		if err != nil {
+			return fmt.Errorf("encoding %s/%s: %w", bucket, k, err)
+		}
+		raw[k] = b
+	}
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		b := tx.Bucket([]byte(bucket))
 		if b == nil {
-			return nil
+			if len(raw) == 0 {
+				return nil
+			}
+			var err error
+			if b, err = tx.CreateBucket([]byte(bucket)); err != nil {
+				return err
+			}
 		}
-		return b.Delete([]byte(key))
+		for k, v := range raw {
+			if err := b.Put([]byte(k), v); err != nil {
+				return fmt.Errorf("%s: %w", k, err)
+			}
+		}
+		for _, k := range deletes {
+			if err := b.Delete([]byte(k)); err != nil {
+				return fmt.Errorf("%s: %w", k, err)
+			}
+		}
+		return nil
 	})
 	if err != nil {
-		return fmt.Errorf("deleting %s/%s from %s: %w", bucket, key, s.path, err)
+		return fmt.Errorf("writing bucket %s of %s: %w", bucket, s.path, err)
 	}
 	return nil
 }

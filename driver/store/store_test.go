@@ -108,3 +108,32 @@ func TestDamagedRecordIsReported(t *testing.T) {
 		t.Fatalf("ListJSON on damaged record = %v", err)
 	}
 }
+
+// TestWriteIsOneTransaction: puts and deletes land together, and a value
+// that cannot be encoded changes nothing.
+func TestWriteIsOneTransaction(t *testing.T) {
+	s, err := Open(filepath.Join(t.TempDir(), "state.db"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if err := s.Put("nets", "old", rec{"old", 0}); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Write("nets", map[string]any{"a": rec{"a", 1}, "b": rec{"b", 2}}, []string{"old", "never-there"}); err != nil {
+		t.Fatal(err)
+	}
+	all, err := ListJSON[rec](s, "nets")
+	if err != nil || len(all) != 2 || all["a"].N != 1 || all["b"].N != 2 {
+		t.Fatalf("after Write: %v, %v; want a and b only", all, err)
+	}
+	if err := s.Write("nets", map[string]any{"c": rec{"c", 3}, "bad": make(chan int)}, []string{"a"}); err == nil {
+		t.Fatal("Write with an unencodable value succeeded")
+	}
+	if all, _ := ListJSON[rec](s, "nets"); len(all) != 2 || all["a"].N != 1 {
+		t.Fatalf("a failed Write changed the bucket: %v", all)
+	}
+	if err := s.Write("empty", nil, []string{"x"}); err != nil {
+		t.Fatalf("deleting from a missing bucket: %v", err)
+	}
+}
