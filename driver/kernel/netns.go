@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"runtime"
 
+	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
 	"golang.org/x/sys/unix"
 )
@@ -58,7 +59,7 @@ func onSwitchedThread(enter, fn func() error) error {
 			errc <- err
 			return
 		}
-		fnErr := fn()
+		fnErr := recovered(fn)
 		if err := netns.Set(orig); err != nil {
 			// Deliberately no UnlockOSThread: the thread dies with this goroutine.
 			errc <- errors.Join(fnErr, fmt.Errorf("restore network namespace: %w", err))
@@ -68,6 +69,28 @@ func onSwitchedThread(enter, fn func() error) error {
 		errc <- fnErr
 	}()
 	return <-errc
+}
+
+// recovered runs fn and turns a panic into an error: fn runs on a goroutine
+// of its own, where a panic would end the whole plugin, not one API call.
+func recovered(fn func() error) (err error) {
+	defer func() {
+		if r := recover(); r != nil {
+			err = fmt.Errorf("panic in namespace work: %v", r)
+		}
+	}()
+	return fn()
+}
+
+// handleIn opens a netlink socket in ns. It is made on a switched thread
+// rather than with netlink.NewHandleAt, which switches the caller's own
+// thread and ignores a failure to switch it back.
+func handleIn(ns netns.NsHandle) (h *netlink.Handle, err error) {
+	err = onSwitchedThread(func() error { return netns.Set(ns) }, func() error {
+		h, err = netlink.NewHandle(unix.NETLINK_ROUTE)
+		return err
+	})
+	return h, err
 }
 
 // CreatePinned creates a new, empty network namespace and pins it at path.

@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 
 	"github.com/vishvananda/netlink"
@@ -55,6 +56,10 @@ func TestDoSwitchesAndRestores(t *testing.T) {
 	}
 	if err := Do(filepath.Join(t.TempDir(), "missing"), func() error { return nil }); err == nil {
 		t.Error("Do on a missing namespace succeeded")
+	}
+	// A panic in fn is an error of this call, not the end of the process.
+	if err := Do(ns, func() error { panic("bug") }); err == nil || !strings.Contains(err.Error(), "panic in namespace work: bug") {
+		t.Errorf("Do with a panicking fn = %v, want the panic as an error", err)
 	}
 }
 

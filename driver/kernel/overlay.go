@@ -171,7 +171,7 @@ func (o *Overlay) open(vni uint32, withHost bool) (*handles, error) {
 	if h.ns, err = netns.GetFromPath(path); err != nil {
 		return nil, fmt.Errorf("open overlay namespace %s: %w", path, err)
 	}
-	if h.ov, err = netlink.NewHandleAt(h.ns, unix.NETLINK_ROUTE); err != nil {
+	if h.ov, err = handleIn(h.ns); err != nil {
 		h.close()
 		return nil, fmt.Errorf("open netlink socket in %s: %w", path, err)
 	}
@@ -424,7 +424,7 @@ func clearNamespace(path string) error {
 		return fmt.Errorf("open overlay namespace %s: %w", path, err)
 	}
 	defer ns.Close()
-	h, err := netlink.NewHandleAt(ns, unix.NETLINK_ROUTE)
+	h, err := handleIn(ns)
 	if err != nil {
 		return fmt.Errorf("open netlink socket in %s: %w", path, err)
 	}
