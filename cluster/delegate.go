@@ -105,7 +105,9 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	if was {
 		c.alive.Add(-1)
 	}
-	c.log.Info("node left or failed; dropped its records", "peer", n.Name, "state", stateName(n.State))
+	// No state attribute: memberlist never updates Node.State (it keeps the
+	// real one privately), so it would always say "alive".
+	c.log.Info("node left or failed; dropped its records", "peer", n.Name)
 	c.notify.add(ch)
 }
 

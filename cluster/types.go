@@ -62,7 +62,10 @@ type Member struct {
 	Name  string
 	Addr  net.IP
 	Port  int
-	State string // "alive", "suspect", "dead" or "left"
+	// State is "alive" for every listed member: memberlist keeps suspicion
+	// private (Node.State is never updated), and dead or left nodes are
+	// not listed.
+	State string
 }
 
 // Record is a generic owned, versioned record (see PutRecord).
