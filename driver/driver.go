@@ -34,6 +34,7 @@ type Dataplane interface {
 	Networks() ([]uint32, error)
 	EnsureEndpoint(spec kernel.EndpointSpec) (hostIfName string, err error)
 	DeleteEndpoint(vni uint32, id string) error
+	EndpointPresent(vni uint32, id string) (bool, error)
 	SyncPeers(vni uint32, peers []kernel.Peer, flood []net.IP) (kernel.SyncResult, error)
 }
 
@@ -352,8 +353,21 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		return nil, fmt.Errorf("endpoint %s already exists with another address", short(req.EndpointID))
 	}
 	for _, other := range o.endpoints {
-		if other.ip.Equal(ip) {
-			return nil, fmt.Errorf("address %s is already used by endpoint %s on this host", ip, short(other.ID))
+		if !other.ip.Equal(ip) {
+			continue
+		}
+		// Docker hands out an address of a network on this host only once it
+		// has released it: an older endpoint with no veth pair (no running
+		// container) is one Docker deleted while vxovl could not hear it, and
+		// must not block this one. One with a container still attached means
+		// Docker's own state is off: refuse.
+		if !d.vethGoneLocked(o, other) {
+			return nil, fmt.Errorf("address %s is already used by endpoint %s on this host, whose container is still attached", ip, short(other.ID))
+		}
+		d.log.Warn("replacing a stale endpoint with the same address: Docker deleted it while vxovl could not hear it",
+			"network", short(o.ID), "ip", ip, "stale_endpoint", short(other.ID), "endpoint", short(req.EndpointID))
+		if err := d.deleteEndpointLocked(o, other.ID); err != nil {
+			d.log.Warn("removing the stale endpoint; the reconciler will retry", "endpoint", short(other.ID), "err", err)
 		}
 	}
 	ep := &endpoint{
@@ -397,6 +411,18 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 		return err
 	}
 	return d.deleteEndpointLocked(o, req.EndpointID)
+}
+
+// vethGoneLocked reports whether ep's veth pair is gone: never made (not
+// joined), removed by Leave, or destroyed with its container's namespace.
+// When the kernel cannot be asked, it is not gone.
+func (d *Driver) vethGoneLocked(o *overlay, ep *endpoint) bool {
+	present, err := d.dp.EndpointPresent(o.VNI, ep.ID)
+	if err != nil {
+		d.log.Warn("checking an endpoint's veth", "endpoint", short(ep.ID), "err", err)
+		return false
+	}
+	return !present
 }
 
 // deleteEndpointLocked drops the endpoint from vxovl's view and the cluster

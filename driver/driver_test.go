@@ -316,9 +316,12 @@ func TestEndpointBadInput(t *testing.T) {
 		t.Fatal("bad endpoint announced")
 	}
 	h.createEndpoint(epID, "10.10.0.2/24")
+	if _, err := h.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: epID, SandboxKey: "/var/run/docker/netns/x"}); err != nil {
+		t.Fatal(err)
+	}
 	if _, err := h.drv.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: netID, EndpointID: epID2,
 		Interface: &network.EndpointInterface{Address: "10.10.0.2/24"}}); err == nil {
-		t.Error("duplicate local IP accepted")
+		t.Error("the address of an endpoint with a running container accepted again")
 	}
 	for name, err := range map[string]error{
 		"join unknown ep":    func() error { _, e := h.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: "x"}); return e }(),
@@ -493,6 +496,47 @@ func TestFailedDeletesAreRetried(t *testing.T) {
 	h.dp.mu.Unlock()
 	if leftover {
 		t.Fatal("reconcile kept an overlay namespace no network owns")
+	}
+}
+
+// TestStaleEndpointOfGoneContainer: a container went away while vxovl could
+// not hear Docker's Leave and DeleteEndpoint. Its endpoint must not block
+// the address Docker hands to the next container, and a restart forgets it.
+func TestStaleEndpointOfGoneContainer(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(map[string]interface{}{"vni": "42"})
+	join := func(id string) {
+		t.Helper()
+		if _, err := h.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: id, SandboxKey: "/var/run/docker/netns/x"}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	h.createEndpoint(epID, "10.10.0.2/24")
+	join(epID)
+	h.dp.containerGone(epID)
+	h.createEndpoint(epID2, "10.10.0.2/24")
+	join(epID2)
+	if s := h.drv.Stats(); s.LocalEndpoints != 1 {
+		t.Fatalf("%d local endpoints, want only the new one", s.LocalEndpoints)
+	}
+	if _, ok := h.g.local[epID]; ok {
+		t.Fatal("the stale endpoint is still announced")
+	}
+
+	// A restart: the new endpoint's container died meanwhile; one joined
+	// endpoint with a veth and one not joined yet are kept.
+	const ep3, ep4 = "e3" + "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff", "e4" + "ffffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff"
+	h.createEndpoint(ep3, "10.10.0.3/24")
+	join(ep3)
+	h.createEndpoint(ep4, "10.10.0.4/24")
+	h.dp.containerGone(epID2)
+	h.stop()
+	h2 := startHarness(t, h.path, h.dp, Config{})
+	if s := h2.drv.Stats(); s.LocalEndpoints != 2 {
+		t.Fatalf("after the restart %d local endpoints, want 2 (the running and the not yet joined)", s.LocalEndpoints)
+	}
+	if eps, _ := store.ListJSON[endpointRecord](h2.st, bucketEndpoints); len(eps) != 2 || eps[ep3].ID == "" || eps[ep4].ID == "" {
+		t.Fatalf("stored endpoints after the restart: %v", eps)
 	}
 }
 

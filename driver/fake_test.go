@@ -110,6 +110,21 @@ func (f *fakeDataplane) DeleteEndpoint(vni uint32, id string) error {
 	return nil
 }
 
+func (f *fakeDataplane) EndpointPresent(vni uint32, id string) (bool, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	_, ok := f.endpoints[id]
+	return ok, nil
+}
+
+// containerGone is what the kernel does when a container's namespace dies:
+// its veth pair goes with it.
+func (f *fakeDataplane) containerGone(id string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	delete(f.endpoints, id)
+}
+
 func (f *fakeDataplane) SyncPeers(vni uint32, peers []kernel.Peer, flood []net.IP) (kernel.SyncResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

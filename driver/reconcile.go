@@ -66,6 +66,7 @@ func (d *Driver) restoreLocked() error {
 	}
 
 	d.removeLeftoverNamespaces()
+	d.dropEndpointsOfGoneContainers()
 
 	for _, o := range d.networks {
 		if err := d.gossip.PublishNetwork(o.clusterNetwork()); err != nil {
@@ -198,6 +199,35 @@ func (d *Driver) syncDirty() {
 	for vni := range vnis {
 		if o, ok := d.byVNI[vni]; ok {
 			d.syncLocked(o, "cluster change")
+		}
+	}
+}
+
+// dropEndpointsOfGoneContainers forgets the joined endpoints whose veth
+// pair died with their container while vxovl was not running: Docker's
+// Leave and DeleteEndpoint for them found no plugin, and nothing will call
+// them again. Only in namespaces that survived; after a reboot the pairs are
+// gone for every endpoint and Docker itself deletes the old ones.
+func (d *Driver) dropEndpointsOfGoneContainers() {
+	pinned, err := d.dp.Networks()
+	if err != nil {
+		d.log.Warn("listing pinned overlay namespaces", "err", err)
+		return
+	}
+	for _, vni := range pinned {
+		o, ok := d.byVNI[vni]
+		if !ok {
+			continue
+		}
+		for _, ep := range o.endpoints {
+			if !ep.Joined || !d.vethGoneLocked(o, ep) {
+				continue
+			}
+			d.log.Warn("forgetting an endpoint whose container went away while vxovl was down",
+				"network", short(o.ID), "endpoint", short(ep.ID), "ip", ep.ip)
+			if err := d.deleteEndpointLocked(o, ep.ID); err != nil {
+				d.log.Warn("forgetting the endpoint; the reconciler will retry", "endpoint", short(ep.ID), "err", err)
+			}
 		}
 	}
 }

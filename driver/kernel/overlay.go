@@ -540,6 +540,28 @@ func fixContainerEnd(h *netlink.Handle, l netlink.Link, spec EndpointSpec) error
 	return setMTU(h, l, spec.MTU)
 }
 
+// EndpointPresent reports whether the endpoint's veth pair still exists. A
+// pair goes away by itself when the container's namespace is destroyed, so
+// a joined endpoint without it belongs to a container that is gone.
+func (o *Overlay) EndpointPresent(vni uint32, id string) (bool, error) {
+	if err := validateVNI(vni); err != nil {
+		return false, err
+	}
+	if err := validateEndpointID(id); err != nil {
+		return false, err
+	}
+	h, err := o.open(vni, false)
+	if errors.Is(err, ErrNoNetwork) {
+		return false, nil
+	}
+	if err != nil {
+		return false, err
+	}
+	defer h.close()
+	l, err := linkByName(h.ov, overlayIfName(id))
+	return l != nil, err
+}
+
 // DeleteEndpoint removes the endpoint's veth pair wherever its ends still are
 // in the host and overlay namespaces. Missing is success.
 func (o *Overlay) DeleteEndpoint(vni uint32, id string) error {

@@ -290,9 +290,21 @@ func TestEndpointLifecycle(t *testing.T) {
 		t.Error("EnsureEndpoint recreated a container end that Docker had moved away")
 	}
 
+	present := func(vni uint32) bool {
+		t.Helper()
+		var ok bool
+		h.do(func() (err error) { ok, err = h.ov.EndpointPresent(vni, id); return err })
+		return ok
+	}
+	if !present(104) {
+		t.Error("EndpointPresent = false for a joined endpoint whose container runs")
+	}
 	h.do(func() error { return h.ov.DeleteEndpoint(104, id) })
 	if _, ok := linkIndexes(t, ov)[overlayIfName(id)]; ok {
 		t.Error("overlay end still present")
+	}
+	if present(104) || present(999) {
+		t.Error("EndpointPresent = true after DeleteEndpoint, or on a missing network")
 	}
 	if _, ok := linkIndexes(t, nsHandle(t, ctr))[name]; ok {
 		t.Error("container end still present in the container namespace")
