@@ -34,7 +34,7 @@ type Dataplane interface {
 	Networks() ([]uint32, error)
 	EnsureEndpoint(spec kernel.EndpointSpec) (hostIfName string, err error)
 	DeleteEndpoint(vni uint32, id string) error
-	EndpointPresent(vni uint32, id string) (bool, error)
+	EndpointAttached(vni uint32, id string) (bool, error)
 	SyncPeers(vni uint32, peers []kernel.Peer, flood []net.IP) (kernel.SyncResult, error)
 }
 
@@ -357,11 +357,11 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 			continue
 		}
 		// Docker hands out an address of a network on this host only once it
-		// has released it: an older endpoint with no veth pair (no running
-		// container) is one Docker deleted while vxovl could not hear it, and
-		// must not block this one. One with a container still attached means
-		// Docker's own state is off: refuse.
-		if !d.vethGoneLocked(o, other) {
+		// has released it: an older endpoint with no container is one Docker
+		// deleted while vxovl could not hear it, and must not block this one.
+		// One with a container still attached means Docker's own state is
+		// off: refuse.
+		if !d.detachedLocked(o, other) {
 			return nil, fmt.Errorf("address %s is already used by endpoint %s on this host, whose container is still attached", ip, short(other.ID))
 		}
 		d.log.Warn("replacing a stale endpoint with the same address: Docker deleted it while vxovl could not hear it",
@@ -413,16 +413,17 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 	return d.deleteEndpointLocked(o, req.EndpointID)
 }
 
-// vethGoneLocked reports whether ep's veth pair is gone: never made (not
-// joined), removed by Leave, or destroyed with its container's namespace.
-// When the kernel cannot be asked, it is not gone.
-func (d *Driver) vethGoneLocked(o *overlay, ep *endpoint) bool {
-	present, err := d.dp.EndpointPresent(o.VNI, ep.ID)
+// detachedLocked reports whether ep has no container: not joined yet, left,
+// or its container is gone (Docker moved the container end back to the
+// host, or it died with the container's namespace). When the kernel cannot
+// be asked, it is attached.
+func (d *Driver) detachedLocked(o *overlay, ep *endpoint) bool {
+	attached, err := d.dp.EndpointAttached(o.VNI, ep.ID)
 	if err != nil {
 		d.log.Warn("checking an endpoint's veth", "endpoint", short(ep.ID), "err", err)
 		return false
 	}
-	return !present
+	return !attached
 }
 
 // deleteEndpointLocked drops the endpoint from vxovl's view and the cluster

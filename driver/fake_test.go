@@ -110,15 +110,16 @@ func (f *fakeDataplane) DeleteEndpoint(vni uint32, id string) error {
 	return nil
 }
 
-func (f *fakeDataplane) EndpointPresent(vni uint32, id string) (bool, error) {
+func (f *fakeDataplane) EndpointAttached(vni uint32, id string) (bool, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	_, ok := f.endpoints[id]
 	return ok, nil
 }
 
-// containerGone is what the kernel does when a container's namespace dies:
-// its veth pair goes with it.
+// containerGone is what Docker and the kernel do when a container goes away
+// without Leave reaching the driver: the pair dies with the namespace (or
+// its container end is back in the host, which EndpointAttached tells the same).
 func (f *fakeDataplane) containerGone(id string) {
 	f.mu.Lock()
 	defer f.mu.Unlock()

@@ -203,11 +203,11 @@ func (d *Driver) syncDirty() {
 	}
 }
 
-// dropEndpointsOfGoneContainers forgets the joined endpoints whose veth
-// pair died with their container while vxovl was not running: Docker's
-// Leave and DeleteEndpoint for them found no plugin, and nothing will call
-// them again. Only in namespaces that survived; after a reboot the pairs are
-// gone for every endpoint and Docker itself deletes the old ones.
+// dropEndpointsOfGoneContainers forgets the joined endpoints whose
+// container went away while vxovl was not running: Docker's Leave and
+// DeleteEndpoint for them found no plugin, and nothing will call them
+// again. Only in namespaces that survived; after a reboot no endpoint has
+// its veth and Docker itself deletes the old ones.
 func (d *Driver) dropEndpointsOfGoneContainers() {
 	pinned, err := d.dp.Networks()
 	if err != nil {
@@ -220,7 +220,7 @@ func (d *Driver) dropEndpointsOfGoneContainers() {
 			continue
 		}
 		for _, ep := range o.endpoints {
-			if !ep.Joined || !d.vethGoneLocked(o, ep) {
+			if !ep.Joined || !d.detachedLocked(o, ep) {
 				continue
 			}
 			d.log.Warn("forgetting an endpoint whose container went away while vxovl was down",

@@ -540,17 +540,19 @@ func fixContainerEnd(h *netlink.Handle, l netlink.Link, spec EndpointSpec) error
 	return setMTU(h, l, spec.MTU)
 }
 
-// EndpointPresent reports whether the endpoint's veth pair still exists. A
-// pair goes away by itself when the container's namespace is destroyed, so
-// a joined endpoint without it belongs to a container that is gone.
-func (o *Overlay) EndpointPresent(vni uint32, id string) (bool, error) {
+// EndpointAttached reports whether the endpoint's container end is in a
+// container: its veth pair exists and that end has left the host namespace.
+// Docker moves it into the container at start and, when it destroys the
+// container's sandbox, back out to the host (or it dies with the
+// namespace); in both cases the endpoint has no container any more.
+func (o *Overlay) EndpointAttached(vni uint32, id string) (bool, error) {
 	if err := validateVNI(vni); err != nil {
 		return false, err
 	}
 	if err := validateEndpointID(id); err != nil {
 		return false, err
 	}
-	h, err := o.open(vni, false)
+	h, err := o.open(vni, true)
 	if errors.Is(err, ErrNoNetwork) {
 		return false, nil
 	}
@@ -558,8 +560,12 @@ func (o *Overlay) EndpointPresent(vni uint32, id string) (bool, error) {
 		return false, err
 	}
 	defer h.close()
-	l, err := linkByName(h.ov, overlayIfName(id))
-	return l != nil, err
+	ovEnd, err := linkByName(h.ov, overlayIfName(id))
+	if err != nil || ovEnd == nil {
+		return false, err
+	}
+	hostEnd, err := linkByName(h.host, HostIfName(id))
+	return hostEnd == nil, err
 }
 
 // DeleteEndpoint removes the endpoint's veth pair wherever its ends still are

@@ -274,6 +274,16 @@ func TestEndpointLifecycle(t *testing.T) {
 		t.Errorf("overlay end master=%d up=%v mtu=%d", oe.Attrs().MasterIndex, oe.Attrs().Flags&net.FlagUp != 0, oe.Attrs().MTU)
 	}
 
+	attached := func(vni uint32) bool {
+		t.Helper()
+		var ok bool
+		h.do(func() (err error) { ok, err = h.ov.EndpointAttached(vni, id); return err })
+		return ok
+	}
+	if attached(104) {
+		t.Error("EndpointAttached = true while the container end is still in the host")
+	}
+
 	before := [2]map[string]int{linkIndexes(t, host), linkIndexes(t, ov)}
 	h.do(func() error { _, err := h.ov.EnsureEndpoint(ep); return err })
 	if after := [2]map[string]int{linkIndexes(t, host), linkIndexes(t, ov)}; !maps.Equal(before[0], after[0]) || !maps.Equal(before[1], after[1]) {
@@ -290,29 +300,35 @@ func TestEndpointLifecycle(t *testing.T) {
 		t.Error("EnsureEndpoint recreated a container end that Docker had moved away")
 	}
 
-	present := func(vni uint32) bool {
-		t.Helper()
-		var ok bool
-		h.do(func() (err error) { ok, err = h.ov.EndpointPresent(vni, id); return err })
-		return ok
-	}
-	if !present(104) {
-		t.Error("EndpointPresent = false for a joined endpoint whose container runs")
+	if !attached(104) {
+		t.Error("EndpointAttached = false while the container end is in a container")
 	}
 	h.do(func() error { return h.ov.DeleteEndpoint(104, id) })
 	if _, ok := linkIndexes(t, ov)[overlayIfName(id)]; ok {
 		t.Error("overlay end still present")
 	}
-	if present(104) || present(999) {
-		t.Error("EndpointPresent = true after DeleteEndpoint, or on a missing network")
+	if attached(104) || attached(999) {
+		t.Error("EndpointAttached = true after DeleteEndpoint, or on a missing network")
 	}
 	if _, ok := linkIndexes(t, nsHandle(t, ctr))[name]; ok {
 		t.Error("container end still present in the container namespace")
 	}
 	h.do(func() error { return h.ov.DeleteEndpoint(104, id) }) // idempotent
 
-	// Delete also works when the container end is still in the host.
+	// Docker destroys a container's sandbox by moving the container end
+	// back to the host under its old name: no container any more.
 	h.do(func() error { _, err := h.ov.EnsureEndpoint(ep); return err })
+	ctrH := nsHandle(t, ctr)
+	if err := host.LinkSetNsFd(mustLink(t, host, name), nsFd(t, ctr)); err != nil {
+		t.Fatal(err)
+	}
+	if err := ctrH.LinkSetNsFd(mustLink(t, ctrH, name), nsFd(t, h.ns)); err != nil {
+		t.Fatal(err)
+	}
+	if attached(104) {
+		t.Error("EndpointAttached = true after the container end came back to the host")
+	}
+	// Delete also works when the container end is in the host.
 	h.do(func() error { return h.ov.DeleteEndpoint(104, id) })
 	if _, ok := linkIndexes(t, host)[name]; ok {
 		t.Error("container end still in host after DeleteEndpoint")
