@@ -277,18 +277,20 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	delete(d.byVNI, o.VNI)
 	d.undo("withdraw network", d.gossip.WithdrawNetwork(o.VNI))
 	vni, id := o.VNI, o.ID
-	errs = append(errs, d.finish("network "+short(id), func() error {
+	// Records go before the kernel: once Docker has forgotten the network, a
+	// restart must not bring it back, while a leftover namespace is removed
+	// by the reconciler (or at start, as one no stored network owns).
+	errs = append(errs, d.finish("network", id, func() error {
+		err := d.store.Delete(bucketNetworks, id)
 		// A network created since with the same VNI owns the namespace and
 		// the peer list now.
 		if _, reused := d.byVNI[vni]; !reused {
-			if err := d.dp.DeleteNetwork(vni); err != nil {
-				return fmt.Errorf("removing overlay for VNI %d: %w", vni, err)
-			}
-			if err := d.store.Delete(bucketPeers, vniKey(vni)); err != nil {
-				return err
+			err = errors.Join(err, d.store.Delete(bucketPeers, vniKey(vni)))
+			if kerr := d.dp.DeleteNetwork(vni); kerr != nil {
+				err = errors.Join(err, fmt.Errorf("removing overlay for VNI %d: %w", vni, kerr))
 			}
 		}
-		return d.store.Delete(bucketNetworks, id)
+		return err
 	}))
 	if err := errors.Join(errs...); err != nil {
 		return err
@@ -361,7 +363,11 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		// deleted while vxovl could not hear it, and must not block this one.
 		// One with a container still attached means Docker's own state is
 		// off: refuse.
-		if !d.detachedLocked(o, other) {
+		detached, err := d.detachedLocked(o, other)
+		if err != nil {
+			return nil, fmt.Errorf("address %s is already used by endpoint %s on this host: %w", ip, short(other.ID), err)
+		}
+		if !detached {
 			return nil, fmt.Errorf("address %s is already used by endpoint %s on this host, whose container is still attached", ip, short(other.ID))
 		}
 		d.log.Warn("replacing a stale endpoint with the same address: Docker deleted it while vxovl could not hear it",
@@ -415,15 +421,13 @@ func (d *Driver) DeleteEndpoint(req *network.DeleteEndpointRequest) error {
 
 // detachedLocked reports whether ep has no container: not joined yet, left,
 // or its container is gone (Docker moved the container end back to the
-// host, or it died with the container's namespace). When the kernel cannot
-// be asked, it is attached.
-func (d *Driver) detachedLocked(o *overlay, ep *endpoint) bool {
+// host, or it died with the container's namespace).
+func (d *Driver) detachedLocked(o *overlay, ep *endpoint) (bool, error) {
 	attached, err := d.dp.EndpointAttached(o.VNI, ep.ID)
 	if err != nil {
-		d.log.Warn("checking an endpoint's veth", "endpoint", short(ep.ID), "err", err)
-		return false
+		return false, fmt.Errorf("checking the veth of endpoint %s: %w", short(ep.ID), err)
 	}
-	return !attached
+	return !attached, nil
 }
 
 // deleteEndpointLocked drops the endpoint from vxovl's view and the cluster
@@ -434,11 +438,14 @@ func (d *Driver) deleteEndpointLocked(o *overlay, id string) error {
 	d.markDirty(o.VNI)
 	d.undo("withdraw endpoint", d.gossip.WithdrawEndpoint(o.VNI, id))
 	vni := o.VNI
-	if err := d.finish("endpoint "+short(id), func() error {
-		if err := d.dp.DeleteEndpoint(vni, id); err != nil {
-			return fmt.Errorf("removing veth of endpoint %s: %w", short(id), err)
+	// The record goes before the veth, as for networks: a restart must not
+	// bring back an endpoint Docker has forgotten.
+	if err := d.finish("endpoint", id, func() error {
+		err := d.store.Delete(bucketEndpoints, id)
+		if kerr := d.dp.DeleteEndpoint(vni, id); kerr != nil {
+			err = errors.Join(err, fmt.Errorf("removing veth of endpoint %s: %w", short(id), kerr))
 		}
-		return d.store.Delete(bucketEndpoints, id)
+		return err
 	}); err != nil {
 		return err
 	}
@@ -446,12 +453,12 @@ func (d *Driver) deleteEndpointLocked(o *overlay, id string) error {
 	return nil
 }
 
-// finish runs a clean-up now and, when it fails, keeps it for the reconcile
-// loop to retry.
-func (d *Driver) finish(what string, cleanup func() error) error {
+// finish runs the clean-up of a network or endpoint now and, when it fails,
+// keeps it for the reconcile loop to retry.
+func (d *Driver) finish(kind, id string, cleanup func() error) error {
 	if err := cleanup(); err != nil {
-		d.unfinished[what] = cleanup
-		return fmt.Errorf("%w (vxovl retries the clean-up of %s in the background)", err, what)
+		d.unfinished[kind+" "+id] = cleanup
+		return fmt.Errorf("%w (vxovl retries the clean-up of %s %s in the background)", err, kind, short(id))
 	}
 	return nil
 }

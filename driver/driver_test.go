@@ -475,12 +475,16 @@ func TestFailedDeletesAreRetried(t *testing.T) {
 	if err := h.drv.CreateNetwork(req); err != nil {
 		t.Fatalf("CreateNetwork with the VNI of a network whose delete failed: %v", err)
 	}
+	h.dp.mu.Lock()
+	deletesBefore := h.dp.deleted[42]
+	h.dp.mu.Unlock()
 	reconcile()
 	h.dp.mu.Lock()
-	_, alive := h.dp.networks[42]
+	deletes := h.dp.deleted[42] - deletesBefore
 	h.dp.mu.Unlock()
-	if !alive || h.drv.Stats().UnfinishedCleanups != 0 {
-		t.Fatalf("after a reconcile: new network's overlay present %v, unfinished %d; want true, 0", alive, h.drv.Stats().UnfinishedCleanups)
+	if deletes != 0 || h.drv.Stats().UnfinishedCleanups != 0 {
+		t.Fatalf("after a reconcile: %d DeleteNetwork(42) calls since the new network was made, unfinished %d; want 0, 0",
+			deletes, h.drv.Stats().UnfinishedCleanups)
 	}
 	if nets, _ := store.ListJSON[networkRecord](h.st, bucketNetworks); len(nets) != 1 || nets[net2].ID != net2 {
 		t.Fatalf("stored networks %+v, want only %s", nets, short(net2))
@@ -496,6 +500,49 @@ func TestFailedDeletesAreRetried(t *testing.T) {
 	h.dp.mu.Unlock()
 	if leftover {
 		t.Fatal("reconcile kept an overlay namespace no network owns")
+	}
+}
+
+// TestFailedDeletesStayDeletedAcrossRestart: the retries of a failed delete
+// live in memory only, so the records must already be gone when the plugin
+// restarts before a retry succeeded; the leftover namespace goes at start.
+func TestFailedDeletesStayDeletedAcrossRestart(t *testing.T) {
+	h := newHarness(t)
+	h.createNetwork(map[string]interface{}{"vni": "42"})
+	h.createEndpoint(epID, "10.10.0.2/24")
+	h.dp.failNext["DeleteEndpoint"] = errors.New("netlink: device busy")
+	if err := h.drv.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: netID, EndpointID: epID}); err == nil {
+		t.Fatal("failed DeleteEndpoint answered no error")
+	}
+	h.stop()
+	h = startHarness(t, h.path, h.dp, Config{})
+	if s := h.drv.Stats(); s.Networks != 1 || s.LocalEndpoints != 0 {
+		t.Fatalf("after a restart %d networks, %d endpoints; want the network without the deleted endpoint", s.Networks, s.LocalEndpoints)
+	}
+
+	h.dp.failNext["DeleteNetwork"] = errors.New("netlink: device busy")
+	if err := h.drv.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: netID}); err == nil {
+		t.Fatal("failed DeleteNetwork answered no error")
+	}
+	h.stop()
+	h2 := startHarness(t, h.path, h.dp, Config{})
+	if s := h2.drv.Stats(); s.Networks != 0 || s.LocalEndpoints != 0 {
+		t.Fatalf("after the restart %d networks, %d endpoints; want none", s.Networks, s.LocalEndpoints)
+	}
+	if len(h2.g.local) != 0 {
+		t.Fatalf("the restart announced %v", h2.g.local)
+	}
+	h2.dp.mu.Lock()
+	_, leftover := h2.dp.networks[42]
+	h2.dp.mu.Unlock()
+	if leftover {
+		t.Fatal("the overlay whose delete failed survived the restart")
+	}
+	const net2 = "n2dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"
+	req := createReq(map[string]interface{}{"vni": "42"}, "10.10.0.0/24", "10.10.0.1/24")
+	req.NetworkID = net2
+	if err := h2.drv.CreateNetwork(req); err != nil {
+		t.Fatalf("CreateNetwork with the VNI after the restart: %v", err)
 	}
 }
 

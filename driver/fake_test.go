@@ -20,6 +20,7 @@ type fakeDataplane struct {
 	peers     map[uint32][]kernel.Peer
 	flood     map[uint32][]net.IP
 	failNext  map[string]error // method name -> error returned once
+	deleted   map[uint32]int   // DeleteNetwork calls per VNI
 	unhealthy map[uint32]bool
 	syncs     int
 }
@@ -28,7 +29,7 @@ func newFakeDataplane() *fakeDataplane {
 	return &fakeDataplane{
 		networks: map[uint32]kernel.NetworkSpec{}, endpoints: map[string]kernel.EndpointSpec{},
 		peers: map[uint32][]kernel.Peer{}, flood: map[uint32][]net.IP{},
-		failNext: map[string]error{}, unhealthy: map[uint32]bool{},
+		failNext: map[string]error{}, unhealthy: map[uint32]bool{}, deleted: map[uint32]int{},
 	}
 }
 
@@ -54,6 +55,7 @@ func (f *fakeDataplane) EnsureNetwork(s kernel.NetworkSpec) error {
 func (f *fakeDataplane) DeleteNetwork(vni uint32) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
+	f.deleted[vni]++
 	if err := f.fail("DeleteNetwork"); err != nil {
 		return err
 	}

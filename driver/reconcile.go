@@ -220,7 +220,13 @@ func (d *Driver) dropEndpointsOfGoneContainers() {
 			continue
 		}
 		for _, ep := range o.endpoints {
-			if !ep.Joined || !d.detachedLocked(o, ep) {
+			if !ep.Joined {
+				continue
+			}
+			if detached, err := d.detachedLocked(o, ep); err != nil || !detached {
+				if err != nil {
+					d.log.Warn("keeping an endpoint whose container could not be checked", "endpoint", short(ep.ID), "err", err)
+				}
 				continue
 			}
 			d.log.Warn("forgetting an endpoint whose container went away while vxovl was down",
