@@ -159,17 +159,21 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 		_ = cl.Shutdown()
 		saveVersion(st, cl, log)
 	})
+	var ipd *vxipam.Driver
 	undo = append(undo, func() {
 		stopLoops()
 		loops.Wait()
 		drv.Wait()
+		if ipd != nil {
+			ipd.Close()
+		}
 	})
 	loops.Go(func() { persistVersion(ctx, st, cl, log) })
 
 	if err := drv.Start(ctx, cl); err != nil {
 		return fail(err)
 	}
-	ipd, err := vxipam.New(vxipam.Config{NodeName: name, Logger: log.With("part", "ipam")}, cl, st)
+	ipd, err = vxipam.New(vxipam.Config{NodeName: name, Logger: log.With("part", "ipam")}, cl, st)
 	if err != nil {
 		return fail(err)
 	}

@@ -106,6 +106,7 @@ type Driver struct {
 	// refreshTimer runs Refresh when the earliest remembered claim expires
 	// (refreshAt; zero when none is scheduled).
 	refreshTimer *time.Timer
+	closed       bool // Close was called: schedule no more refreshes
 	refreshAt    time.Time
 
 	conflicts, claimsWon, claimsLost, released atomic.Uint64

@@ -804,3 +804,28 @@ func TestReleasedBlockForgottenInQuietCluster(t *testing.T) {
 	// No notifyAll here: only h2's own timer may make it forget.
 	eventually(t, "h2 forgets h1's released blocks", func() bool { return remote() == 1 })
 }
+
+// TestCloseStopsRefresh: after Close no refresh learns (and writes) claims,
+// so nothing touches the store the plugin closes next.
+func TestCloseStopsRefresh(t *testing.T) {
+	_, nodes := cluster3(t, Config{})
+	id := network(t, nodes, "10.51.0.0/24", "", nil)
+	nodes[0].d.Close()
+	mustAlloc(t, nodes[1].d, id, "")
+	nodes[0].d.Refresh()
+	nodes[0].d.mu.Lock()
+	known, timer := len(nodes[0].d.known), nodes[0].d.refreshTimer != nil && !nodes[0].d.refreshAt.IsZero()
+	nodes[0].d.mu.Unlock()
+	if known != 0 || timer {
+		t.Fatalf("after Close: %d claims learned, refresh scheduled %v; want 0, false", known, timer)
+	}
+	if got, _ := store.ListJSON[remoteClaim](nodes[0].st, bucketKnown); len(got) != 0 {
+		t.Fatalf("after Close the store learned %v", got)
+	}
+	// The open nodes still learn it.
+	eventually(t, "h3 learns h2's block", func() bool {
+		nodes[2].d.mu.Lock()
+		defer nodes[2].d.mu.Unlock()
+		return len(nodes[2].d.known) > 0
+	})
+}

@@ -35,6 +35,9 @@ func (d *Driver) Refresh() {
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.closed {
+		return
+	}
 	// Remembered claims are written in one transaction: a node learning a
 	// large cluster's claims must not hold d.mu through one fsync per claim
 	// while claim requests wait for it.
@@ -85,7 +88,7 @@ func (d *Driver) Refresh() {
 // remembered claim expires: record changes alone do not wake it, so in a
 // quiet cluster a released block would otherwise stay reserved forever.
 func (d *Driver) scheduleRefreshLocked(at time.Time) {
-	if at.IsZero() || (d.refreshTimer != nil && !d.refreshAt.IsZero() && !at.Before(d.refreshAt)) {
+	if d.closed || at.IsZero() || (d.refreshTimer != nil && !d.refreshAt.IsZero() && !at.Before(d.refreshAt)) {
 		return
 	}
 	if d.refreshTimer != nil {
@@ -98,6 +101,18 @@ func (d *Driver) scheduleRefreshLocked(at time.Time) {
 		d.mu.Unlock()
 		d.Refresh()
 	})
+}
+
+// Close stops the refresh timer and makes later refreshes no-ops, so that
+// nothing of theirs touches the store after the plugin closes it. Call it
+// before closing the store.
+func (d *Driver) Close() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.closed = true
+	if d.refreshTimer != nil {
+		d.refreshTimer.Stop()
+	}
 }
 
 func (d *Driver) sortedKnownLocked() []*remoteClaim {
