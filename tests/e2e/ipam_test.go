@@ -592,12 +592,12 @@ func TestIPAMDockerSemantics(t *testing.T) {
 }
 
 // freeAddressOutside is the middle address of the highest block of
-// subnet (blocks of blockBits prefix length) that none of held covers.
-func freeAddressOutside(t testing.TB, subnet netip.Prefix, blockBits int, held []netip.Prefix) netip.Addr {
+// subnet (blocks are /blockLen prefixes) that none of held covers.
+func freeAddressOutside(t testing.TB, subnet netip.Prefix, blockLen int, held []netip.Prefix) netip.Addr {
 	t.Helper()
 	var last netip.Addr
 	for a := subnet.Addr(); subnet.Contains(a); a = a.Next() {
-		block := netip.PrefixFrom(a, blockBits).Masked()
+		block := netip.PrefixFrom(a, blockLen).Masked()
 		if a == block.Addr() && !slices.Contains(held, block) {
 			last = a
 		}
@@ -605,7 +605,7 @@ func freeAddressOutside(t testing.TB, subnet netip.Prefix, blockBits int, held [
 	if !last.IsValid() {
 		t.Fatalf("every block of %s is held: %v", subnet, held)
 	}
-	for range 1 << (32 - blockBits) / 2 {
+	for range 1 << (32 - blockLen) / 2 {
 		last = last.Next()
 	}
 	return last
