@@ -20,9 +20,10 @@ import (
 )
 
 const (
-	netID = "n1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-	epID  = "e1bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
-	epID2 = "e2cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+	netID  = "n1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+	epID   = "e1bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb"
+	epID2  = "e2cccccccccccccccccccccccccccccccccccccccccccccccccccccccccccccc"
+	netID2 = "n2dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"
 )
 
 type harness struct {
@@ -76,6 +77,13 @@ func (h *harness) createNetwork(opts map[string]interface{}) {
 	if err := h.drv.CreateNetwork(createReq(opts, "10.10.0.0/24", "10.10.0.1/24")); err != nil {
 		h.t.Fatal(err)
 	}
+}
+
+// createNetworkID makes a second network, with its own Docker ID.
+func (h *harness) createNetworkID(id string, opts map[string]interface{}) error {
+	req := createReq(opts, "10.10.0.0/24", "10.10.0.1/24")
+	req.NetworkID = id
+	return h.drv.CreateNetwork(req)
 }
 
 func (h *harness) createEndpoint(id, addr string) *network.CreateEndpointResponse {
@@ -469,10 +477,7 @@ func TestFailedDeletesAreRetried(t *testing.T) {
 	}
 	// The same VNI is free for a new network at once, and the retried
 	// clean-up of the old one must not tear the new one down.
-	const net2 = "n2dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"
-	req := createReq(map[string]interface{}{"vni": "42"}, "10.10.0.0/24", "10.10.0.1/24")
-	req.NetworkID = net2
-	if err := h.drv.CreateNetwork(req); err != nil {
+	if err := h.createNetworkID(netID2, map[string]interface{}{"vni": "42"}); err != nil {
 		t.Fatalf("CreateNetwork with the VNI of a network whose delete failed: %v", err)
 	}
 	h.dp.mu.Lock()
@@ -486,8 +491,8 @@ func TestFailedDeletesAreRetried(t *testing.T) {
 		t.Fatalf("after a reconcile: %d DeleteNetwork(42) calls since the new network was made, unfinished %d; want 0, 0",
 			deletes, h.drv.Stats().UnfinishedCleanups)
 	}
-	if nets, _ := store.ListJSON[networkRecord](h.st, bucketNetworks); len(nets) != 1 || nets[net2].ID != net2 {
-		t.Fatalf("stored networks %+v, want only %s", nets, short(net2))
+	if nets, _ := store.ListJSON[networkRecord](h.st, bucketNetworks); len(nets) != 1 || nets[netID2].ID != netID2 {
+		t.Fatalf("stored networks %+v, want only %s", nets, short(netID2))
 	}
 
 	// A namespace no network owns (a rollback whose delete failed) goes too.
@@ -538,10 +543,7 @@ func TestFailedDeletesStayDeletedAcrossRestart(t *testing.T) {
 	if leftover {
 		t.Fatal("the overlay whose delete failed survived the restart")
 	}
-	const net2 = "n2dddddddddddddddddddddddddddddddddddddddddddddddddddddddddddddd"
-	req := createReq(map[string]interface{}{"vni": "42"}, "10.10.0.0/24", "10.10.0.1/24")
-	req.NetworkID = net2
-	if err := h2.drv.CreateNetwork(req); err != nil {
+	if err := h2.createNetworkID(netID2, map[string]interface{}{"vni": "42"}); err != nil {
 		t.Fatalf("CreateNetwork with the VNI after the restart: %v", err)
 	}
 }

@@ -65,8 +65,9 @@ func (d *Driver) restoreLocked() error {
 		o.endpoints[ep.ID] = ep
 	}
 
-	d.removeLeftoverNamespaces()
-	d.dropEndpointsOfGoneContainers()
+	pinned := d.pinnedVNIs()
+	d.removeLeftoverNamespaces(pinned)
+	d.dropEndpointsOfGoneContainers(pinned)
 
 	for _, o := range d.networks {
 		if err := d.gossip.PublishNetwork(o.clusterNetwork()); err != nil {
@@ -208,12 +209,7 @@ func (d *Driver) syncDirty() {
 // DeleteEndpoint for them found no plugin, and nothing will call them
 // again. Only in namespaces that survived; after a reboot no endpoint has
 // its veth and Docker itself deletes the old ones.
-func (d *Driver) dropEndpointsOfGoneContainers() {
-	pinned, err := d.dp.Networks()
-	if err != nil {
-		d.log.Warn("listing pinned overlay namespaces", "err", err)
-		return
-	}
+func (d *Driver) dropEndpointsOfGoneContainers(pinned []uint32) {
 	for _, vni := range pinned {
 		o, ok := d.byVNI[vni]
 		if !ok {
@@ -238,15 +234,21 @@ func (d *Driver) dropEndpointsOfGoneContainers() {
 	}
 }
 
-// removeLeftoverNamespaces removes pinned namespaces of VNIs no network
-// has: leftovers of a crash between the kernel step and the store step, or
-// of a delete or rollback whose kernel step failed.
-func (d *Driver) removeLeftoverNamespaces() {
+// pinnedVNIs lists the VNIs whose overlay namespace is pinned; none (and a
+// log line) when they cannot be listed, so that nothing is removed blindly.
+func (d *Driver) pinnedVNIs() []uint32 {
 	pinned, err := d.dp.Networks()
 	if err != nil {
 		d.log.Warn("listing pinned overlay namespaces; will retry", "err", err)
-		return
+		return nil
 	}
+	return pinned
+}
+
+// removeLeftoverNamespaces removes pinned namespaces of VNIs no network
+// has: leftovers of a crash between the kernel step and the store step, or
+// of a delete or rollback whose kernel step failed.
+func (d *Driver) removeLeftoverNamespaces(pinned []uint32) {
 	for _, vni := range pinned {
 		if _, ok := d.byVNI[vni]; !ok {
 			d.log.Warn("removing leftover overlay namespace with no network", "vni", vni)
@@ -271,7 +273,7 @@ func (d *Driver) reconcileAll(reason string) {
 		delete(d.unfinished, what)
 		d.log.Info("finished a clean-up that had failed", "of", what)
 	}
-	d.removeLeftoverNamespaces()
+	d.removeLeftoverNamespaces(d.pinnedVNIs())
 	for _, o := range d.networks {
 		if err := d.dp.Health(d.spec(o)); err != nil {
 			d.stats.DriftRepairs++
