@@ -176,7 +176,7 @@ func (d *Driver) claim(subnet, prefix netip.Prefix, pin bool) error {
 			if d.known[k] == nil {
 				// Kind unknown until its record arrives; treat as a pin,
 				// which only matters for skipping it.
-				d.known[k] = &remoteClaim{Owner: r.from, Prefix: a, Subnet: subnet, Pin: true, lastSeen: now}
+				d.known[k] = &remoteClaim{Owner: r.from, claim: claim{Prefix: a, Subnet: subnet, Pin: true}, lastSeen: now}
 			}
 		}
 	}
@@ -209,7 +209,7 @@ func (d *Driver) localConflictLocked(q netip.Prefix, pin bool) string {
 		}
 	}
 	for _, r := range d.known {
-		if clash(remoteShape(r), q, pin) {
+		if clash(r.shape(), q, pin) {
 			return fmt.Sprintf("node %s holds %s", r.Owner, r.Prefix)
 		}
 	}
@@ -221,12 +221,12 @@ func (d *Driver) localConflictLocked(q netip.Prefix, pin bool) string {
 // otherwise doomed (it yields) when we ACK.
 func (d *Driver) refusalLocked(from string, q netip.Prefix, pin bool, ticket uint64) string {
 	for _, c := range d.owned {
-		if clash(ownedShape(c), q, pin) {
+		if clash(c.shape(), q, pin) {
 			return fmt.Sprintf("it holds %s", c.Prefix)
 		}
 	}
 	for _, r := range d.known {
-		if r.Owner != from && clash(remoteShape(r), q, pin) {
+		if r.Owner != from && clash(r.shape(), q, pin) {
 			return fmt.Sprintf("node %s holds %s", r.Owner, r.Prefix)
 		}
 	}

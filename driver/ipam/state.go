@@ -64,18 +64,13 @@ type allocation struct {
 }
 
 // remoteClaim is another node's claim as learned from its records (or from
-// its ACK), remembered while its owner is unreachable.
+// its ACK), remembered while its owner is unreachable. It is stored with the
+// claim's fields inline, as before they were shared.
 type remoteClaim struct {
-	Owner     string       `json:"owner"`
-	Prefix    netip.Prefix `json:"prefix"`
-	Subnet    netip.Prefix `json:"subnet"`
-	Pin       bool         `json:"pin,omitempty"`
-	Aux       bool         `json:"aux,omitempty"`
-	ClaimedAt int64        `json:"claimed_at"`
-	lastSeen  time.Time
+	Owner string `json:"owner"`
+	claim
+	lastSeen time.Time
 }
-
-func (r *remoteClaim) isBlock() bool { return !r.Pin && !r.Aux }
 
 type knownKey struct {
 	owner  string
@@ -114,7 +109,7 @@ func decodeRecord(kind, key string, value []byte) (remoteClaim, error) {
 	if !s.Contains(p.Addr()) || p.Bits() < s.Bits() {
 		return remoteClaim{}, fmt.Errorf("prefix %s is not inside subnet %s", p, s)
 	}
-	rc := remoteClaim{Prefix: p, Subnet: s, ClaimedAt: v.ClaimedAt, Aux: v.Aux}
+	rc := remoteClaim{claim: claim{Prefix: p, Subnet: s, ClaimedAt: v.ClaimedAt, Aux: v.Aux}}
 	switch kind {
 	case KindPin:
 		if p.Bits() != 32 {
@@ -163,10 +158,6 @@ func clash(e shape, q netip.Prefix, qPin bool) bool {
 	}
 }
 
-func ownedShape(c *claim) shape {
+func (c *claim) shape() shape {
 	return shape{prefix: c.Prefix, pin: c.Pin, aux: c.Aux}
-}
-
-func remoteShape(r *remoteClaim) shape {
-	return shape{prefix: r.Prefix, pin: r.Pin, aux: r.Aux}
 }
