@@ -10,27 +10,9 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
-)
 
-// freePort returns a loopback port free for both TCP and UDP.
-func freePort(t testing.TB) int {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("no free port")
-	return 0
-}
+	"github.com/vxovl/vxovl/cluster/clustertest"
+)
 
 type nodeOpts struct {
 	key   []byte
@@ -63,7 +45,7 @@ func (r *recorder) count(vni uint32) int {
 func startNode(t testing.TB, name string, o nodeOpts, h Handler) *Cluster {
 	t.Helper()
 	if o.port == 0 {
-		o.port = freePort(t)
+		o.port = clustertest.FreePort(t)
 	}
 	if o.dead == 0 {
 		o.dead = 2 * time.Second

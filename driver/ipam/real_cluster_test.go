@@ -12,31 +12,13 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/vxovl/vxovl/cluster"
+	"github.com/vxovl/vxovl/cluster/clustertest"
 )
-
-func loopbackPort(t *testing.T) int {
-	t.Helper()
-	for range 50 {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		port := l.Addr().(*net.TCPAddr).Port
-		u, err := net.ListenPacket("udp", net.JoinHostPort("127.0.0.1", strconv.Itoa(port)))
-		l.Close()
-		if err == nil {
-			u.Close()
-			return port
-		}
-	}
-	t.Fatal("no free loopback port")
-	return 0
-}
 
 // TestRealClusterConcurrentAllocations runs the driver over three real
 // gossip nodes on 127.0.0.1: claims travel as memberlist TCP messages.
 func TestRealClusterConcurrentAllocations(t *testing.T) {
-	ports := []int{loopbackPort(t), loopbackPort(t), loopbackPort(t)}
+	ports := []int{clustertest.FreePort(t), clustertest.FreePort(t), clustertest.FreePort(t)}
 	var peers []string
 	for _, p := range ports {
 		peers = append(peers, net.JoinHostPort("127.0.0.1", strconv.Itoa(p)))
