@@ -40,15 +40,8 @@ now() { echo "$EPOCHREALTIME"; }
 sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
 # stats V...: "median min max" of numbers.
 stats() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%s %s %s", v[int((NR + 1) / 2)], v[1], v[NR] }'; }
-# wait_until SECONDS CMD...: poll CMD until it succeeds or the deadline passes.
-wait_until() {
-	local deadline=$((SECONDS + $1))
-	shift
-	until "$@" >/dev/null 2>&1; do
-		[ $SECONDS -lt $deadline ] || return 1
-		sleep 0.05
-	done
-}
+# shellcheck source=lab/wait.sh
+. "$HERE/lab/wait.sh"
 
 teardown() {
 	local rc=$?
