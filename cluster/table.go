@@ -342,7 +342,6 @@ func (t *table) gc(ch *changes) {
 	}
 }
 
-
 // endpoints returns the remote winners per IP in one VNI.
 func (t *table) endpoints(vni uint32) []Endpoint {
 	best := map[[4]byte]*Endpoint{}

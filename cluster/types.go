@@ -59,9 +59,9 @@ func (f HandlerFunc) EndpointsChanged(vni uint32) { f(vni) }
 
 // Member is a node as seen by memberlist.
 type Member struct {
-	Name  string
-	Addr  net.IP
-	Port  int
+	Name string
+	Addr net.IP
+	Port int
 	// State is "alive" for every listed member: memberlist keeps suspicion
 	// private (Node.State is never updated), and dead or left nodes are
 	// not listed.
