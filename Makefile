@@ -20,14 +20,14 @@ all: build
 
 build:
 	$(GO) build ./...
-	$(GO) build -o build/vxovl ./plugin
+	$(GO) build -o build/vxovl ./cmd/vxovl
 
 # The managed plugin's directory, ready for `docker plugin create $(PLUGIN_NAME) $(PLUGIN_DIR)`.
 plugin:
 	rm -rf $(PLUGIN_DIR)
 	mkdir -p $(ROOTFS)/usr/bin $(ROOTFS)/run/docker/plugins $(ROOTFS)/run/vxovl \
 		$(ROOTFS)/var/lib/vxovl $(ROOTFS)/proc $(ROOTFS)/sys $(ROOTFS)/dev $(ROOTFS)/etc $(ROOTFS)/tmp
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(ROOTFS)/usr/bin/vxovl ./plugin
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(ROOTFS)/usr/bin/vxovl ./cmd/vxovl
 	cp config.json $(PLUGIN_DIR)/config.json
 
 # Installs only the packages that are missing (apt-get update first, and only then). A dockerd

@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/hashicorp/memberlist"
+	"github.com/vxovl/vxovl/internal/vxlan"
 )
 
 // Cluster is one node's membership in the control plane.
@@ -165,7 +166,7 @@ func (c *Cluster) PublishEndpoint(ep Endpoint) error {
 // WithdrawEndpoint replaces a local endpoint by a tombstone and sends it at
 // once. Withdrawing an unknown endpoint still records the tombstone.
 func (c *Cluster) WithdrawEndpoint(vni uint32, id string) error {
-	if err := validVNI(vni); err != nil {
+	if err := vxlan.CheckVNI(vni); err != nil {
 		return fmt.Errorf("withdraw endpoint: %w", err)
 	}
 	if err := validEndpointID(id); err != nil {
@@ -201,7 +202,7 @@ func (c *Cluster) PublishNetwork(n Network) error {
 
 // WithdrawNetwork removes this node's definition of an overlay.
 func (c *Cluster) WithdrawNetwork(vni uint32) error {
-	if err := validVNI(vni); err != nil {
+	if err := vxlan.CheckVNI(vni); err != nil {
 		return fmt.Errorf("withdraw network: %w", err)
 	}
 	return c.publish(kindNetwork, networkKey(vni), func(uint64) item {

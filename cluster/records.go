@@ -1,7 +1,6 @@
 package cluster
 
 import (
-	"bytes"
 	"encoding/binary"
 	"fmt"
 	"net"
@@ -9,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+
+	"github.com/vxovl/vxovl/internal/vxlan"
 )
 
 // Built-in record kinds; RegisterKind refuses them.
@@ -18,19 +19,9 @@ const (
 )
 
 const (
-	maxVNI   = 1<<24 - 1
 	maxEPID  = 128
 	epValLen = 4 + 6 + 4 // IP, MAC, VTEP
-	minMTU   = 68
-	maxMTU   = 65535
 )
-
-func validVNI(v uint32) error {
-	if v < 1 || v > maxVNI {
-		return fmt.Errorf("VNI %d out of range 1-%d", v, maxVNI)
-	}
-	return nil
-}
 
 func validKind(k string) error {
 	if k == "" || len(k) > maxKindLen {
@@ -76,19 +67,6 @@ func unicastIPv4(ip net.IP) (netip.Addr, bool) {
 	return a, true
 }
 
-func validMAC(m net.HardwareAddr) error {
-	if len(m) != 6 {
-		return fmt.Errorf("MAC %q must be 6 bytes", m)
-	}
-	if m[0]&1 != 0 {
-		return fmt.Errorf("MAC %s is multicast", m)
-	}
-	if bytes.Equal(m, make([]byte, 6)) {
-		return fmt.Errorf("MAC is all zeros")
-	}
-	return nil
-}
-
 func validEndpointID(id string) error {
 	if id == "" || len(id) > maxEPID {
 		return fmt.Errorf("endpoint ID must be 1-%d bytes", maxEPID)
@@ -114,7 +92,7 @@ func parseEndpointKey(key string) (uint32, string, error) {
 	if err != nil || strconv.FormatUint(n, 10) != v {
 		return 0, "", fmt.Errorf("endpoint key %q: bad VNI", key)
 	}
-	if err := validVNI(uint32(n)); err != nil {
+	if err := vxlan.CheckVNI(uint32(n)); err != nil {
 		return 0, "", err
 	}
 	if err := validEndpointID(id); err != nil {
@@ -125,7 +103,7 @@ func parseEndpointKey(key string) (uint32, string, error) {
 
 // checkEndpoint validates a local endpoint before publishing.
 func checkEndpoint(ep Endpoint) error {
-	if err := validVNI(ep.VNI); err != nil {
+	if err := vxlan.CheckVNI(ep.VNI); err != nil {
 		return err
 	}
 	if err := validEndpointID(ep.ID); err != nil {
@@ -134,7 +112,7 @@ func checkEndpoint(ep Endpoint) error {
 	if _, ok := unicastIPv4(ep.IP); !ok {
 		return fmt.Errorf("endpoint IP %q must be a unicast IPv4 address", ep.IP)
 	}
-	return validMAC(ep.MAC)
+	return vxlan.CheckMAC(ep.MAC)
 }
 
 func encodeEndpointValue(ep Endpoint) []byte {
@@ -169,7 +147,7 @@ func decodeEndpoint(owner string, w wireRecord) (Endpoint, error) {
 	if _, ok := unicastIPv4(ep.VTEP); !ok {
 		return Endpoint{}, fmt.Errorf("VTEP %s is not unicast IPv4", ep.VTEP)
 	}
-	if err := validMAC(ep.MAC); err != nil {
+	if err := vxlan.CheckMAC(ep.MAC); err != nil {
 		return Endpoint{}, err
 	}
 	return ep, nil
@@ -187,7 +165,7 @@ func canonicalSubnet(s string) (string, error) {
 }
 
 func checkNetwork(n Network) (Network, error) {
-	if err := validVNI(n.VNI); err != nil {
+	if err := vxlan.CheckVNI(n.VNI); err != nil {
 		return n, err
 	}
 	s, err := canonicalSubnet(n.Subnet)
@@ -195,8 +173,8 @@ func checkNetwork(n Network) (Network, error) {
 		return n, err
 	}
 	n.Subnet = s
-	if n.MTU < minMTU || n.MTU > maxMTU {
-		return n, fmt.Errorf("MTU %d out of range %d-%d", n.MTU, minMTU, maxMTU)
+	if err := vxlan.CheckMTU(n.MTU); err != nil {
+		return n, err
 	}
 	return n, nil
 }
@@ -212,7 +190,7 @@ func decodeNetwork(owner string, w wireRecord) (Network, error) {
 		return Network{}, fmt.Errorf("network key %q is not a VNI", w.Key)
 	}
 	mtu, k := binary.Uvarint(w.Value)
-	if k <= 0 || mtu > maxMTU {
+	if k <= 0 || mtu > vxlan.MaxMTU {
 		return Network{}, fmt.Errorf("network value: bad MTU")
 	}
 	n, err := checkNetwork(Network{VNI: uint32(n64), Subnet: string(w.Value[k:]), MTU: int(mtu), Node: owner})

@@ -21,21 +21,22 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/vxovl/vxovl/cluster"
-	"github.com/vxovl/vxovl/driver/kernel"
-	"github.com/vxovl/vxovl/driver/store"
+	"github.com/vxovl/vxovl/internal/dataplane"
+	"github.com/vxovl/vxovl/internal/store"
+	"github.com/vxovl/vxovl/internal/vxlan"
 )
 
-// Dataplane is the kernel work the driver needs; driver/kernel implements it
+// Dataplane is the kernel work the driver needs; internal/dataplane implements it
 // with netlink. Every method is idempotent.
 type Dataplane interface {
-	EnsureNetwork(spec kernel.NetworkSpec) error
+	EnsureNetwork(spec dataplane.NetworkSpec) error
 	DeleteNetwork(vni uint32) error
-	Health(spec kernel.NetworkSpec) error
+	Health(spec dataplane.NetworkSpec) error
 	Networks() ([]uint32, error)
-	EnsureEndpoint(spec kernel.EndpointSpec) (hostIfName string, err error)
+	EnsureEndpoint(spec dataplane.EndpointSpec) (hostIfName string, err error)
 	DeleteEndpoint(vni uint32, id string) error
 	EndpointAttached(vni uint32, id string) (bool, error)
-	SyncPeers(vni uint32, peers []kernel.Peer, flood []net.IP) (kernel.SyncResult, error)
+	SyncPeers(vni uint32, peers []dataplane.Peer, flood []net.IP) (dataplane.SyncResult, error)
 }
 
 // Gossip is the part of the cluster the driver uses.
@@ -68,10 +69,10 @@ type Config struct {
 
 func (c *Config) setDefaults() {
 	if c.VXLANPort == 0 {
-		c.VXLANPort = 4789
+		c.VXLANPort = vxlan.DefaultPort
 	}
 	if c.DefaultMTU == 0 {
-		c.DefaultMTU = 1500 - vxlanOverhead
+		c.DefaultMTU = vxlan.DefaultMTU
 	}
 	if c.ReconcileInterval == 0 {
 		c.ReconcileInterval = 10 * time.Second
@@ -132,10 +133,10 @@ type overlay struct {
 	endpoints map[string]*endpoint
 	// restored are remote peers remembered from before a restart, programmed
 	// until RestoreGrace ends.
-	restored []kernel.Peer
+	restored []dataplane.Peer
 	// saved is what the store holds as this network's programmed peers, so
 	// that a sync writes only when they changed, without reading it back.
-	saved []kernel.Peer
+	saved []dataplane.Peer
 	// conflicts are the remote endpoints left out of the tables because they
 	// clash (node/endpoint -> why), so each is reported once.
 	conflicts map[string]string
@@ -175,8 +176,8 @@ func New(cfg Config, dp Dataplane, st *store.Store) *Driver {
 	}
 }
 
-func (d *Driver) spec(o *overlay) kernel.NetworkSpec {
-	return kernel.NetworkSpec{VNI: o.VNI, Gateway: o.gateway, MTU: o.MTU, VTEP: d.cfg.VTEP, Port: d.cfg.VXLANPort}
+func (d *Driver) spec(o *overlay) dataplane.NetworkSpec {
+	return dataplane.NetworkSpec{VNI: o.VNI, Gateway: o.gateway, MTU: o.MTU, VTEP: d.cfg.VTEP, Port: d.cfg.VXLANPort}
 }
 
 // GetCapabilities: the driver keeps its state per host (local scope) but its
@@ -227,7 +228,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	}
 	if other, ok := d.byVNI[o.VNI]; ok {
 		return fmt.Errorf("VNI %d is already used by network %s (subnet %s) on this host: "+
-			"pass a different -o vni=N (1-%d) to one of them", o.VNI, short(other.ID), other.Subnet, MaxVNI)
+			"pass a different -o vni=N (1-%d) to one of them", o.VNI, short(other.ID), other.Subnet, vxlan.MaxVNI)
 	}
 	if err := d.gossip.PublishNetwork(o.clusterNetwork()); err != nil {
 		return fmt.Errorf("network with VNI %d: %w", o.VNI, err)
@@ -327,9 +328,8 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	resp := &network.CreateEndpointResponse{}
 	var mac net.HardwareAddr
 	if req.Interface.MacAddress != "" {
-		mac, err = net.ParseMAC(req.Interface.MacAddress)
-		if err != nil || len(mac) != 6 || mac[0]&1 == 1 {
-			return nil, fmt.Errorf("bad MAC address %q: want a unicast 6-byte MAC", req.Interface.MacAddress)
+		if mac, err = vxlan.ParseMAC(req.Interface.MacAddress); err != nil {
+			return nil, err
 		}
 	}
 
@@ -486,7 +486,7 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	name, err := d.dp.EnsureEndpoint(kernel.EndpointSpec{VNI: o.VNI, ID: ep.ID, MAC: ep.mac, MTU: o.MTU})
+	name, err := d.dp.EnsureEndpoint(dataplane.EndpointSpec{VNI: o.VNI, ID: ep.ID, MAC: ep.mac, MTU: o.MTU})
 	if err != nil {
 		d.undo("delete veth", d.dp.DeleteEndpoint(o.VNI, ep.ID))
 		return nil, fmt.Errorf("making veth for endpoint %s: %w", short(ep.ID), err)
@@ -556,7 +556,7 @@ func (d *Driver) Stats() Stats {
 // behind another VTEP has (the kernel's FDB can send a MAC to one VTEP only;
 // two containers started with the same --mac-address on two hosts must not
 // stall the whole network's table).
-func (d *Driver) desiredPeers(o *overlay) (peers []kernel.Peer, flood []net.IP) {
+func (d *Driver) desiredPeers(o *overlay) (peers []dataplane.Peer, flood []net.IP) {
 	localIP, localMAC := map[string]string{}, map[string]string{}
 	for _, ep := range o.endpoints {
 		localIP[ep.ip.String()] = ep.ID
@@ -564,7 +564,7 @@ func (d *Driver) desiredPeers(o *overlay) (peers []kernel.Peer, flood []net.IP) 
 	}
 	remotes := d.gossip.Endpoints(o.VNI)
 	sort.Slice(remotes, func(i, j int) bool { return remotes[i].NewerThan(&remotes[j]) })
-	byIP := map[string]kernel.Peer{}
+	byIP := map[string]dataplane.Peer{}
 	macAt := map[string]net.IP{} // MAC -> the VTEP it is programmed behind
 	conflicts := map[string]string{}
 	for _, rep := range remotes {
@@ -594,7 +594,7 @@ func (d *Driver) desiredPeers(o *overlay) (peers []kernel.Peer, flood []net.IP) 
 			continue
 		}
 		macAt[mac] = rep.VTEP
-		byIP[ip] = kernel.Peer{IP: rep.IP, MAC: rep.MAC, VTEP: rep.VTEP}
+		byIP[ip] = dataplane.Peer{IP: rep.IP, MAC: rep.MAC, VTEP: rep.VTEP}
 	}
 	for _, p := range o.restored {
 		ip, mac := p.IP.String(), p.MAC.String()

@@ -1,6 +1,8 @@
 package driver
 
 import (
+	"github.com/vxovl/vxovl/internal/vxlan"
+
 	"context"
 	"errors"
 	"io"
@@ -15,8 +17,8 @@ import (
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/vxovl/vxovl/cluster"
-	"github.com/vxovl/vxovl/driver/kernel"
-	"github.com/vxovl/vxovl/driver/store"
+	"github.com/vxovl/vxovl/internal/dataplane"
+	"github.com/vxovl/vxovl/internal/store"
 )
 
 const (
@@ -143,7 +145,7 @@ func TestDeriveVNIIsStableAndInRange(t *testing.T) {
 		t.Fatal("neighbouring subnets collide")
 	}
 	for _, n := range []*net.IPNet{a, c} {
-		if v := DeriveVNI(n); v < 1 || v > MaxVNI {
+		if v := DeriveVNI(n); v < 1 || v > vxlan.MaxVNI {
 			t.Fatalf("VNI %d out of range", v)
 		}
 	}
@@ -497,7 +499,7 @@ func TestFailedDeletesAreRetried(t *testing.T) {
 
 	// A namespace no network owns (a rollback whose delete failed) goes too.
 	h.dp.mu.Lock()
-	h.dp.networks[77] = kernel.NetworkSpec{VNI: 77}
+	h.dp.networks[77] = dataplane.NetworkSpec{VNI: 77}
 	h.dp.mu.Unlock()
 	reconcile()
 	h.dp.mu.Lock()

@@ -8,16 +8,16 @@ import (
 	"sync"
 
 	"github.com/vxovl/vxovl/cluster"
-	"github.com/vxovl/vxovl/driver/kernel"
+	"github.com/vxovl/vxovl/internal/dataplane"
 )
 
 // fakeDataplane keeps the kernel's state as plain maps, for testing the
-// driver's logic without root. driver/kernel is tested against the real kernel.
+// driver's logic without root. internal/dataplane is tested against the real kernel.
 type fakeDataplane struct {
 	mu        sync.Mutex
-	networks  map[uint32]kernel.NetworkSpec
-	endpoints map[string]kernel.EndpointSpec
-	peers     map[uint32][]kernel.Peer
+	networks  map[uint32]dataplane.NetworkSpec
+	endpoints map[string]dataplane.EndpointSpec
+	peers     map[uint32][]dataplane.Peer
 	flood     map[uint32][]net.IP
 	failNext  map[string]error // method name -> error returned once
 	deleted   map[uint32]int   // DeleteNetwork calls per VNI
@@ -27,8 +27,8 @@ type fakeDataplane struct {
 
 func newFakeDataplane() *fakeDataplane {
 	return &fakeDataplane{
-		networks: map[uint32]kernel.NetworkSpec{}, endpoints: map[string]kernel.EndpointSpec{},
-		peers: map[uint32][]kernel.Peer{}, flood: map[uint32][]net.IP{},
+		networks: map[uint32]dataplane.NetworkSpec{}, endpoints: map[string]dataplane.EndpointSpec{},
+		peers: map[uint32][]dataplane.Peer{}, flood: map[uint32][]net.IP{},
 		failNext: map[string]error{}, unhealthy: map[uint32]bool{}, deleted: map[uint32]int{},
 	}
 }
@@ -41,7 +41,7 @@ func (f *fakeDataplane) fail(method string) error {
 	return nil
 }
 
-func (f *fakeDataplane) EnsureNetwork(s kernel.NetworkSpec) error {
+func (f *fakeDataplane) EnsureNetwork(s dataplane.NetworkSpec) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fail("EnsureNetwork"); err != nil {
@@ -70,7 +70,7 @@ func (f *fakeDataplane) DeleteNetwork(vni uint32) error {
 	return nil
 }
 
-func (f *fakeDataplane) Health(s kernel.NetworkSpec) error {
+func (f *fakeDataplane) Health(s dataplane.NetworkSpec) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.networks[s.VNI]; !ok || f.unhealthy[s.VNI] {
@@ -89,7 +89,7 @@ func (f *fakeDataplane) Networks() ([]uint32, error) {
 	return out, nil
 }
 
-func (f *fakeDataplane) EnsureEndpoint(s kernel.EndpointSpec) (string, error) {
+func (f *fakeDataplane) EnsureEndpoint(s dataplane.EndpointSpec) (string, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if err := f.fail("EnsureEndpoint"); err != nil {
@@ -99,7 +99,7 @@ func (f *fakeDataplane) EnsureEndpoint(s kernel.EndpointSpec) (string, error) {
 		return "", fmt.Errorf("no network %d", s.VNI)
 	}
 	f.endpoints[s.ID] = s
-	return kernel.HostIfName(s.ID), nil
+	return dataplane.HostIfName(s.ID), nil
 }
 
 func (f *fakeDataplane) DeleteEndpoint(vni uint32, id string) error {
@@ -128,24 +128,24 @@ func (f *fakeDataplane) containerGone(id string) {
 	delete(f.endpoints, id)
 }
 
-func (f *fakeDataplane) SyncPeers(vni uint32, peers []kernel.Peer, flood []net.IP) (kernel.SyncResult, error) {
+func (f *fakeDataplane) SyncPeers(vni uint32, peers []dataplane.Peer, flood []net.IP) (dataplane.SyncResult, error) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.syncs++
 	if _, ok := f.networks[vni]; !ok {
-		return kernel.SyncResult{}, fmt.Errorf("no network %d", vni)
+		return dataplane.SyncResult{}, fmt.Errorf("no network %d", vni)
 	}
 	// Refuse what the kernel dataplane refuses, so the driver's tests catch
 	// tables it could never program.
-	if err := kernel.CheckPeers(peers, flood); err != nil {
-		return kernel.SyncResult{}, err
+	if err := dataplane.CheckPeers(peers, flood); err != nil {
+		return dataplane.SyncResult{}, err
 	}
-	var res kernel.SyncResult
+	var res dataplane.SyncResult
 	if !samePeers(f.peers[vni], peers) {
 		res.NeighAdded = len(peers)
 		res.NeighRemoved = len(f.peers[vni])
 	}
-	f.peers[vni] = append([]kernel.Peer(nil), peers...)
+	f.peers[vni] = append([]dataplane.Peer(nil), peers...)
 	f.flood[vni] = append([]net.IP(nil), flood...)
 	return res, nil
 }

@@ -8,6 +8,8 @@ import (
 	"strings"
 
 	"github.com/docker/go-plugins-helpers/network"
+
+	"github.com/vxovl/vxovl/internal/vxlan"
 )
 
 // Docker passes `docker network create -o k=v` options under this key.
@@ -21,17 +23,6 @@ const (
 	OptVNI   = "vni"
 	OptMTU   = "mtu"
 	OptFlood = "flood"
-)
-
-const (
-	MaxVNI = 1<<24 - 1
-	// MinMTU is IPv4's floor for a link that must carry a full IP header and
-	// options plus a useful payload; below it, TCP cannot work well.
-	MinMTU = 576
-	// MaxMTU is the largest jumbo frame common NICs carry, less VXLAN overhead.
-	MaxMTU = 9216 - vxlanOverhead
-	// vxlanOverhead is outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
-	vxlanOverhead = 50
 )
 
 // networkOptions is what the user asked for, before defaults are applied.
@@ -64,14 +55,17 @@ func parseNetworkOptions(opts map[string]interface{}) (networkOptions, error) {
 		switch key {
 		case OptVNI:
 			n, err := strconv.ParseUint(strings.TrimSpace(s), 10, 32)
-			if err != nil || n < 1 || n > MaxVNI {
-				return o, fmt.Errorf("bad -o vni=%q: want a whole number from 1 to %d", s, MaxVNI)
+			if err != nil || vxlan.CheckVNI(uint32(n)) != nil {
+				return o, fmt.Errorf("bad -o vni=%q: want a whole number from 1 to %d", s, vxlan.MaxVNI)
 			}
 			o.VNI = uint32(n)
 		case OptMTU:
 			n, err := strconv.Atoi(strings.TrimSpace(s))
-			if err != nil || n < MinMTU || n > MaxMTU {
-				return o, fmt.Errorf("bad -o mtu=%q: want a whole number from %d to %d (the underlay MTU minus %d fits)", s, MinMTU, MaxMTU, vxlanOverhead)
+			if err == nil {
+				err = vxlan.CheckMTU(n)
+			}
+			if err != nil {
+				return o, fmt.Errorf("bad -o mtu=%q: want a whole number from %d to %d (the underlay MTU minus %d fits)", s, vxlan.MinMTU, vxlan.MaxMTU, vxlan.Overhead)
 			}
 			o.MTU = n
 		case OptFlood:
@@ -162,5 +156,5 @@ func DeriveVNI(subnet *net.IPNet) uint32 {
 	h := fnv.New32a()
 	h.Write([]byte("vxovl/ipv4/" + subnet.String()))
 	// Fold into 1..MaxVNI; 0 is not a valid VNI.
-	return h.Sum32()%MaxVNI + 1
+	return h.Sum32()%vxlan.MaxVNI + 1
 }

@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/vxovl/vxovl/driver/store"
+	"github.com/vxovl/vxovl/internal/store"
 )
 
 // Start loads the persisted state, rebuilds or re-adopts every overlay,

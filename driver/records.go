@@ -4,7 +4,8 @@ import (
 	"fmt"
 	"net"
 
-	"github.com/vxovl/vxovl/driver/kernel"
+	"github.com/vxovl/vxovl/internal/dataplane"
+	"github.com/vxovl/vxovl/internal/vxlan"
 )
 
 // Store buckets owned by the driver.
@@ -54,8 +55,8 @@ func (r networkRecord) overlay() (*overlay, error) {
 		gw.IP = ip.To4()
 		o.gateway = gw
 	}
-	if r.VNI < 1 || r.VNI > MaxVNI {
-		return nil, fmt.Errorf("network %s: VNI %d out of range", short(r.ID), r.VNI)
+	if err := vxlan.CheckVNI(r.VNI); err != nil {
+		return nil, fmt.Errorf("network %s: %w", short(r.ID), err)
 	}
 	return o, nil
 }
@@ -65,14 +66,14 @@ func (r endpointRecord) endpoint() (*endpoint, error) {
 	if err != nil || ip.To4() == nil {
 		return nil, fmt.Errorf("endpoint %s: bad address %q", short(r.ID), r.Address)
 	}
-	mac, err := net.ParseMAC(r.MAC)
+	mac, err := vxlan.ParseMAC(r.MAC)
 	if err != nil {
-		return nil, fmt.Errorf("endpoint %s: bad MAC %q: %w", short(r.ID), r.MAC, err)
+		return nil, fmt.Errorf("endpoint %s: %w", short(r.ID), err)
 	}
 	return &endpoint{endpointRecord: r, ip: ip.To4(), mac: mac}, nil
 }
 
-func peersToRecords(peers []kernel.Peer) []peerRecord {
+func peersToRecords(peers []dataplane.Peer) []peerRecord {
 	out := make([]peerRecord, 0, len(peers))
 	for _, p := range peers {
 		out = append(out, peerRecord{IP: p.IP.String(), MAC: p.MAC.String(), VTEP: p.VTEP.String()})
@@ -80,20 +81,20 @@ func peersToRecords(peers []kernel.Peer) []peerRecord {
 	return out
 }
 
-func recordsToPeers(recs []peerRecord) []kernel.Peer {
-	out := make([]kernel.Peer, 0, len(recs))
+func recordsToPeers(recs []peerRecord) []dataplane.Peer {
+	out := make([]dataplane.Peer, 0, len(recs))
 	for _, r := range recs {
 		ip, vtep := net.ParseIP(r.IP).To4(), net.ParseIP(r.VTEP).To4()
-		mac, err := net.ParseMAC(r.MAC)
+		mac, err := vxlan.ParseMAC(r.MAC)
 		if ip == nil || vtep == nil || err != nil {
 			continue // a damaged hint is only a hint; the cluster will refill it
 		}
-		out = append(out, kernel.Peer{IP: ip, MAC: mac, VTEP: vtep})
+		out = append(out, dataplane.Peer{IP: ip, MAC: mac, VTEP: vtep})
 	}
 	return out
 }
 
-func samePeers(a, b []kernel.Peer) bool {
+func samePeers(a, b []dataplane.Peer) bool {
 	if len(a) != len(b) {
 		return false
 	}

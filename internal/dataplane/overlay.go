@@ -9,9 +9,11 @@
 //
 // All methods act on the calling thread's network namespace as "host". The
 // plugin runs in the host namespace, so that is simply the host.
-package kernel
+package dataplane
 
 import (
+	"github.com/vxovl/vxovl/internal/vxlan"
+
 	"errors"
 	"fmt"
 	"log/slog"
@@ -63,7 +65,7 @@ type NetworkSpec struct {
 	Gateway *net.IPNet // address put on br0 (e.g. 10.10.0.1/24); nil = none
 	MTU     int        // for br0 and vxlan0; 0 = kernel default
 	VTEP    net.IP     // this host's underlay IPv4, the vxlan source address
-	Port    int        // VXLAN UDP port; 0 = DefaultPort
+	Port    int        // VXLAN UDP port; 0 = vxlan.DefaultPort
 }
 
 // EndpointSpec describes one container attachment.
@@ -101,7 +103,7 @@ func idPrefix(id string) string {
 
 // NetworkExists reports whether vni's pinned namespace exists and is live.
 func (o *Overlay) NetworkExists(vni uint32) bool {
-	return validateVNI(vni) == nil && IsPinnedNetns(o.NamespacePath(vni))
+	return vxlan.CheckVNI(vni) == nil && IsPinnedNetns(o.NamespacePath(vni))
 }
 
 // Networks lists the VNIs with a live pinned namespace, in ascending order.
@@ -120,7 +122,7 @@ func (o *Overlay) Networks() ([]uint32, error) {
 			continue
 		}
 		n, err := strconv.ParseUint(s, 10, 32)
-		if err != nil || validateVNI(uint32(n)) != nil || strconv.FormatUint(n, 10) != s {
+		if err != nil || vxlan.CheckVNI(uint32(n)) != nil || strconv.FormatUint(n, 10) != s {
 			continue
 		}
 		if IsPinnedNetns(filepath.Join(o.dir, e.Name())) {
@@ -384,7 +386,7 @@ func (o *Overlay) ensureVxlan(h *handles, spec NetworkSpec) (vx netlink.Link, cr
 // DeleteNetwork removes vni's namespace with everything in it, its pin, and
 // any leftover temp vxlan device in the host namespace. Missing is success.
 func (o *Overlay) DeleteNetwork(vni uint32) error {
-	if err := validateVNI(vni); err != nil {
+	if err := vxlan.CheckVNI(vni); err != nil {
 		return err
 	}
 	o.mu.Lock()
@@ -546,7 +548,7 @@ func fixContainerEnd(h *netlink.Handle, l netlink.Link, spec EndpointSpec) error
 // container's sandbox, back out to the host (or it dies with the
 // namespace); in both cases the endpoint has no container any more.
 func (o *Overlay) EndpointAttached(vni uint32, id string) (bool, error) {
-	if err := validateVNI(vni); err != nil {
+	if err := vxlan.CheckVNI(vni); err != nil {
 		return false, err
 	}
 	if err := validateEndpointID(id); err != nil {
@@ -571,7 +573,7 @@ func (o *Overlay) EndpointAttached(vni uint32, id string) (bool, error) {
 // DeleteEndpoint removes the endpoint's veth pair wherever its ends still are
 // in the host and overlay namespaces. Missing is success.
 func (o *Overlay) DeleteEndpoint(vni uint32, id string) error {
-	if err := validateVNI(vni); err != nil {
+	if err := vxlan.CheckVNI(vni); err != nil {
 		return err
 	}
 	if err := validateEndpointID(id); err != nil {
@@ -622,7 +624,7 @@ func deleteVethEnd(h *netlink.Handle, name string) error {
 // entries are left alone. It is idempotent and reports what it changed.
 func (o *Overlay) SyncPeers(vni uint32, peers []Peer, flood []net.IP) (SyncResult, error) {
 	var res SyncResult
-	if err := validateVNI(vni); err != nil {
+	if err := vxlan.CheckVNI(vni); err != nil {
 		return res, err
 	}
 	neighs, fdb, err := desiredTables(peers, flood)

@@ -8,6 +8,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/vxovl/vxovl/internal/vxlan"
 )
 
 // Config is everything the plugin reads from its environment. In a managed
@@ -58,7 +60,7 @@ type Config struct {
 func configFromEnv(getenv func(string) string) (Config, error) {
 	c := Config{
 		GossipPort:        7947,
-		VXLANPort:         4789,
+		VXLANPort:         vxlan.DefaultPort,
 		LogLevel:          slog.LevelInfo,
 		DeadTimeout:       10 * time.Second,
 		ReconcileInterval: 10 * time.Second,
@@ -84,7 +86,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	port := func(name string, dst *int) {
 		if v := strings.TrimSpace(getenv(name)); v != "" {
 			n, err := strconv.Atoi(v)
-			if err != nil || n < 1 || n > 65535 {
+			if err != nil || vxlan.CheckPort(n) != nil {
 				bad(name, v, "a port from 1 to 65535")
 				return
 			}
@@ -105,8 +107,8 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	}
 	if v := strings.TrimSpace(getenv("MTU")); v != "" {
 		n, err := strconv.Atoi(v)
-		if err != nil || n < 576 || n > 9166 {
-			bad("MTU", v, "an overlay MTU from 576 to 9166 (underlay MTU minus 50)")
+		if err != nil || vxlan.CheckMTU(n) != nil {
+			bad("MTU", v, fmt.Sprintf("an overlay MTU from %d to %d (underlay MTU minus %d)", vxlan.MinMTU, vxlan.MaxMTU, vxlan.Overhead))
 		}
 		c.MTU = n
 	}

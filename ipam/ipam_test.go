@@ -14,7 +14,7 @@ import (
 
 	"github.com/docker/go-plugins-helpers/ipam"
 
-	"github.com/vxovl/vxovl/driver/store"
+	"github.com/vxovl/vxovl/internal/store"
 )
 
 const testMAC = "02:42:0a:32:00:07"

@@ -16,7 +16,7 @@ import (
 	"github.com/docker/go-plugins-helpers/ipam"
 
 	"github.com/vxovl/vxovl/cluster"
-	"github.com/vxovl/vxovl/driver/store"
+	"github.com/vxovl/vxovl/internal/store"
 )
 
 // Cluster is the part of the gossip layer the IPAM driver uses;

@@ -9,7 +9,7 @@ import (
 	"testing"
 
 	"github.com/vxovl/vxovl/cluster"
-	"github.com/vxovl/vxovl/driver/store"
+	"github.com/vxovl/vxovl/internal/store"
 )
 
 // BenchmarkRefreshLearnsClaims: a node (re)joining a 100-host cluster

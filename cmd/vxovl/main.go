@@ -22,9 +22,10 @@ import (
 
 	"github.com/vxovl/vxovl/cluster"
 	"github.com/vxovl/vxovl/driver"
-	vxipam "github.com/vxovl/vxovl/driver/ipam"
-	"github.com/vxovl/vxovl/driver/kernel"
-	"github.com/vxovl/vxovl/driver/store"
+	"github.com/vxovl/vxovl/internal/dataplane"
+	"github.com/vxovl/vxovl/internal/store"
+	"github.com/vxovl/vxovl/internal/vxlan"
+	vxipam "github.com/vxovl/vxovl/ipam"
 )
 
 func main() {
@@ -109,17 +110,17 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 
 	vtep := cfg.AdvertiseAddr
 	if vtep == nil {
-		if vtep, err = kernel.DefaultRouteIPv4(); err != nil {
+		if vtep, err = dataplane.DefaultRouteIPv4(); err != nil {
 			return fail(fmt.Errorf("finding this host's underlay address (set ADVERTISE_ADDR): %w", err))
 		}
 	}
 	mtu := cfg.MTU
 	if mtu == 0 {
-		under, err := kernel.UnderlayMTU(vtep)
+		under, err := dataplane.UnderlayMTU(vtep)
 		if err != nil {
 			return fail(fmt.Errorf("reading the MTU of the interface holding %s (set MTU): %w", vtep, err))
 		}
-		mtu = under - 50
+		mtu = under - vxlan.Overhead
 	}
 	name, err := nodeName(st, cfg.NodeName)
 	if err != nil {
@@ -132,7 +133,7 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 	log.Info("starting vxovl", "node", name, "vtep", vtep, "vxlan_port", cfg.VXLANPort, "gossip_port", cfg.GossipPort,
 		"peers", strings.Join(cfg.Peers, ","), "default_mtu", mtu, "netns_dir", cfg.NetnsDir)
 
-	dp := kernel.New(cfg.NetnsDir, log.With("part", "kernel"))
+	dp := dataplane.New(cfg.NetnsDir, log.With("part", "kernel"))
 	drv := driver.New(driver.Config{
 		VTEP: vtep, VXLANPort: cfg.VXLANPort, DefaultMTU: mtu,
 		ReconcileInterval: cfg.ReconcileInterval, RestoreGrace: 3 * cfg.DeadTimeout,

@@ -1,4 +1,4 @@
-package kernel
+package dataplane
 
 import (
 	"errors"

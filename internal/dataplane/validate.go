@@ -1,35 +1,18 @@
-package kernel
+package dataplane
 
 import (
 	"fmt"
 	"net"
-)
 
-const (
-	// MaxVNI is the largest VXLAN network identifier (24 bits).
-	MaxVNI = 1<<24 - 1
-	// DefaultPort is the IANA VXLAN port. The Linux default (8472) predates
-	// the assignment, so the port is always set explicitly.
-	DefaultPort = 4789
-	// MinMTU and MaxMTU bound the MTUs accepted in specs (IPv4 minimum and
-	// the largest value the kernel stores).
-	MinMTU = 68
-	MaxMTU = 65535
+	"github.com/vxovl/vxovl/internal/vxlan"
 )
-
-func validateVNI(vni uint32) error {
-	if vni == 0 || vni > MaxVNI {
-		return fmt.Errorf("VNI %d out of range: must be 1..%d", vni, MaxVNI)
-	}
-	return nil
-}
 
 // validateMTU accepts 0 as "keep the kernel default".
 func validateMTU(mtu int) error {
-	if mtu != 0 && (mtu < MinMTU || mtu > MaxMTU) {
-		return fmt.Errorf("MTU %d out of range: must be %d..%d (or 0 for the kernel default)", mtu, MinMTU, MaxMTU)
+	if mtu == 0 {
+		return nil
 	}
-	return nil
+	return vxlan.CheckMTU(mtu)
 }
 
 func validateUnicastIPv4(what string, ip net.IP) error {
@@ -46,21 +29,15 @@ func validateUnicastIPv4(what string, ip net.IP) error {
 }
 
 func validateMAC(what string, mac net.HardwareAddr) error {
-	if len(mac) != 6 {
-		return fmt.Errorf("%s %q is not a 6-byte Ethernet address", what, mac)
-	}
-	if mac[0]&1 != 0 {
-		return fmt.Errorf("%s %s is a multicast address: a unicast MAC is required", what, mac)
-	}
-	if mac.String() == zeroMAC.String() {
-		return fmt.Errorf("%s is all zeros: a real MAC is required", what)
+	if err := vxlan.CheckMAC(mac); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
 	}
 	return nil
 }
 
 // normalized validates s and fills in defaults (Port).
 func (s NetworkSpec) normalized() (NetworkSpec, error) {
-	if err := validateVNI(s.VNI); err != nil {
+	if err := vxlan.CheckVNI(s.VNI); err != nil {
 		return s, err
 	}
 	if err := validateMTU(s.MTU); err != nil {
@@ -71,10 +48,10 @@ func (s NetworkSpec) normalized() (NetworkSpec, error) {
 	}
 	s.VTEP = s.VTEP.To4()
 	if s.Port == 0 {
-		s.Port = DefaultPort
+		s.Port = vxlan.DefaultPort
 	}
-	if s.Port < 1 || s.Port > 65535 {
-		return s, fmt.Errorf("VXLAN port %d out of range: must be 1..65535", s.Port)
+	if err := vxlan.CheckPort(s.Port); err != nil {
+		return s, fmt.Errorf("VXLAN %w", err)
 	}
 	if s.Gateway != nil {
 		if err := validateUnicastIPv4("gateway", s.Gateway.IP); err != nil {
@@ -102,7 +79,7 @@ func validateEndpointID(id string) error {
 }
 
 func (s EndpointSpec) validate() error {
-	if err := validateVNI(s.VNI); err != nil {
+	if err := vxlan.CheckVNI(s.VNI); err != nil {
 		return err
 	}
 	if err := validateEndpointID(s.ID); err != nil {

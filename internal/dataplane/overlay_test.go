@@ -1,6 +1,8 @@
-package kernel
+package dataplane
 
 import (
+	"github.com/vxovl/vxovl/internal/vxlan"
+
 	"errors"
 	"maps"
 	"net"
@@ -42,8 +44,8 @@ func TestEnsureNetworkIdempotent(t *testing.T) {
 	}
 	br := mustLink(t, ov, BridgeName)
 	switch {
-	case vx.VxlanId != 100 || vx.Port != DefaultPort || !vx.SrcAddr.Equal(spec.VTEP):
-		t.Errorf("vxlan0 id=%d port=%d local=%v, want 100 %d %v", vx.VxlanId, vx.Port, vx.SrcAddr, DefaultPort, spec.VTEP)
+	case vx.VxlanId != 100 || vx.Port != vxlan.DefaultPort || !vx.SrcAddr.Equal(spec.VTEP):
+		t.Errorf("vxlan0 id=%d port=%d local=%v, want 100 %d %v", vx.VxlanId, vx.Port, vx.SrcAddr, vxlan.DefaultPort, spec.VTEP)
 	case vx.Learning || !vx.Proxy:
 		t.Errorf("vxlan0 learning=%v proxy=%v, want false true", vx.Learning, vx.Proxy)
 	case vx.MasterIndex != br.Attrs().Index:
@@ -108,11 +110,11 @@ func TestDeleteNetworkLeavesNothing(t *testing.T) {
 func TestEnsureNetworkReusesLeftoverTempVxlan(t *testing.T) {
 	h := newTestHost(t, "tmp")
 	spec := testSpec(t, 102)
-	spec.Port = DefaultPort
+	spec.Port = vxlan.DefaultPort
 	tmp := tempVxlanName(102)
 	host := h.host()
 	// An interrupted earlier call left a correct device in the host namespace.
-	if err := host.LinkAdd(newVxlan(tmp, vxlanConfig{VNI: 102, Port: DefaultPort, Local: spec.VTEP}, 1450)); err != nil {
+	if err := host.LinkAdd(newVxlan(tmp, vxlanConfig{VNI: 102, Port: vxlan.DefaultPort, Local: spec.VTEP}, 1450)); err != nil {
 		t.Fatal(err)
 	}
 	h.ensureNetwork(spec)
@@ -137,7 +139,7 @@ func TestEnsureNetworkReusesLeftoverTempVxlan(t *testing.T) {
 	if err := ov.LinkDel(mustLink(t, ov, VxlanName)); err != nil {
 		t.Fatal(err)
 	}
-	if err := host.LinkAdd(newVxlan(tmp, vxlanConfig{VNI: 102, Port: DefaultPort, Local: spec.VTEP}, 1450)); err != nil {
+	if err := host.LinkAdd(newVxlan(tmp, vxlanConfig{VNI: 102, Port: vxlan.DefaultPort, Local: spec.VTEP}, 1450)); err != nil {
 		t.Fatal(err)
 	}
 	if err := host.LinkSetNsFd(mustLink(t, host, tmp), nsFd(t, h.ov.NamespacePath(102))); err != nil {
@@ -349,7 +351,7 @@ func TestBadInput(t *testing.T) {
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
 	for name, spec := range map[string]NetworkSpec{
 		"vni 0":        {VNI: 0, VTEP: vtep},
-		"vni too big":  {VNI: MaxVNI + 1, VTEP: vtep},
+		"vni too big":  {VNI: vxlan.MaxVNI + 1, VTEP: vtep},
 		"mtu small":    {VNI: 1, VTEP: vtep, MTU: 67},
 		"mtu big":      {VNI: 1, VTEP: vtep, MTU: 65536},
 		"nil vtep":     {VNI: 1},
