@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/vxovl/vxovl/internal/testutil/poll"
 )
 
 // firstSeen records when each VNI was first reported to a node's handler.
@@ -89,7 +91,7 @@ func BenchmarkPropagation(b *testing.B) {
 						b.Fatal(err)
 					}
 					var last time.Duration
-					eventually(b, 30*time.Second, "endpoint known everywhere", func() bool {
+					poll.True(b, 30*time.Second, "endpoint known everywhere", func() bool {
 						for i := range n {
 							if i == src {
 								continue
@@ -148,10 +150,10 @@ func BenchmarkJoinLearn(b *testing.B) {
 			}
 			return n
 		}
-		eventually(b, 60*time.Second, "existing nodes converge", func() bool { return total(nodes[0]) == (owners-1)*per })
+		poll.True(b, 60*time.Second, "existing nodes converge", func() bool { return total(nodes[0]) == (owners-1)*per })
 		start := time.Now()
 		joiner := startNode(b, "joiner", nodeOpts{dead: 10 * time.Second, peers: []string{addr(nodes[0])}}, nil)
-		d := eventually(b, 60*time.Second, "joiner learns 10,000 endpoints", func() bool { return total(joiner) == owners*per })
+		d := poll.True(b, 60*time.Second, "joiner learns 10,000 endpoints", func() bool { return total(joiner) == owners*per })
 		_ = start
 		b.ReportMetric(float64(d.Microseconds())/1000, "learn-10k-ms")
 		b.ReportMetric(float64(len(encodeState(func() stateMsg {

@@ -12,6 +12,7 @@ import (
 	"github.com/hashicorp/memberlist"
 
 	"github.com/vxovl/vxovl/cluster/clustertest"
+	"github.com/vxovl/vxovl/internal/testutil/poll"
 )
 
 type nodeOpts struct {
@@ -79,20 +80,6 @@ func addr(c *Cluster) string {
 	return net.JoinHostPort("127.0.0.1", strconv.Itoa(c.cfg.BindPort))
 }
 
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t testing.TB, within time.Duration, what string, cond func() bool) time.Duration {
-	t.Helper()
-	start := time.Now()
-	for time.Since(start) < within {
-		if cond() {
-			return time.Since(start)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-	t.Fatalf("timed out after %v waiting for %s", within, what)
-	return 0
-}
-
 func testEP(vni uint32, id string, ip byte) Endpoint {
 	return Endpoint{VNI: vni, ID: id, IP: net.IPv4(10, 9, 0, ip), MAC: net.HardwareAddr{2, 0x42, 0, 0, 0, ip}}
 }
@@ -115,7 +102,7 @@ func startCluster(t testing.TB, n int, o nodeOpts) []*Cluster {
 		oi.peers = []string{addr(nodes[0])}
 		nodes[i] = startNode(t, fmt.Sprintf("n%d", i), oi, nil)
 	}
-	eventually(t, 10*time.Second, "full membership", func() bool {
+	poll.True(t, 10*time.Second, "full membership", func() bool {
 		for _, c := range nodes {
 			if c.alive.Load() != int32(n) {
 				return false
@@ -131,14 +118,14 @@ func TestPublishWithdrawPropagate(t *testing.T) {
 	a := startNode(t, "a", nodeOpts{}, nil)
 	b := startNode(t, "b", nodeOpts{peers: []string{addr(a)}}, rec)
 	c := startNode(t, "c", nodeOpts{peers: []string{addr(a)}}, nil)
-	eventually(t, 5*time.Second, "3 members", func() bool { return a.alive.Load() == 3 && b.alive.Load() == 3 && c.alive.Load() == 3 })
+	poll.True(t, 5*time.Second, "3 members", func() bool { return a.alive.Load() == 3 && b.alive.Load() == 3 && c.alive.Load() == 3 })
 
 	ep := testEP(42, "ep-a", 2)
 	if err := a.PublishEndpoint(ep); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []*Cluster{b, c} {
-		eventually(t, 3*time.Second, n.self+" sees ep-a", func() bool { return hasEP(n, 42, "a", "ep-a") })
+		poll.True(t, 3*time.Second, n.self+" sees ep-a", func() bool { return hasEP(n, 42, "a", "ep-a") })
 	}
 	got := b.Endpoints(42)[0]
 	if !got.IP.Equal(ep.IP) || got.MAC.String() != ep.MAC.String() || !got.VTEP.Equal(net.IPv4(127, 0, 0, 1)) || got.Version == 0 {
@@ -147,7 +134,7 @@ func TestPublishWithdrawPropagate(t *testing.T) {
 	if len(a.Endpoints(42)) != 0 {
 		t.Fatal("Endpoints must not return the node's own endpoints")
 	}
-	eventually(t, 2*time.Second, "handler notified for VNI 42", func() bool { return rec.count(42) > 0 })
+	poll.True(t, 2*time.Second, "handler notified for VNI 42", func() bool { return rec.count(42) > 0 })
 
 	// IP reuse: a frees the IP, b reuses it; everyone ends with b's only.
 	if err := a.WithdrawEndpoint(42, "ep-a"); err != nil {
@@ -157,7 +144,7 @@ func TestPublishWithdrawPropagate(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, n := range []*Cluster{a, c} {
-		eventually(t, 3*time.Second, n.self+" has only b's claim", func() bool {
+		poll.True(t, 3*time.Second, n.self+" has only b's claim", func() bool {
 			eps := n.Endpoints(42)
 			return len(eps) == 1 && eps[0].Node == "b"
 		})
@@ -174,7 +161,7 @@ func TestPublishWithdrawPropagate(t *testing.T) {
 	if err := a.PutRecord("blk", "10.9.1.0/26", []byte("x")); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 3*time.Second, "c sees a's block", func() bool { return len(c.Records("blk")) == 1 })
+	poll.True(t, 3*time.Second, "c sees a's block", func() bool { return len(c.Records("blk")) == 1 })
 	if err := a.SendTo("c", "blk", []byte("claim")); err != nil {
 		t.Fatal(err)
 	}
@@ -189,7 +176,7 @@ func TestPublishWithdrawPropagate(t *testing.T) {
 	if err := a.DeleteRecord("blk", "10.9.1.0/26"); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 3*time.Second, "c drops a's block", func() bool { return len(c.Records("blk")) == 0 })
+	poll.True(t, 3*time.Second, "c drops a's block", func() bool { return len(c.Records("blk")) == 0 })
 }
 
 func TestKilledNodeRemovedAndRestored(t *testing.T) {
@@ -203,12 +190,12 @@ func TestKilledNodeRemovedAndRestored(t *testing.T) {
 		}
 	}
 	for _, n := range nodes[:3] {
-		eventually(t, 3*time.Second, "victim's endpoints", func() bool { return len(n.Endpoints(9)) == 3 })
+		poll.True(t, 3*time.Second, "victim's endpoints", func() bool { return len(n.Endpoints(9)) == 3 })
 	}
 	victim.Shutdown() // crash: no Leave
 	start := time.Now()
 	for _, n := range nodes[:3] {
-		eventually(t, dead+time.Second-time.Since(start), n.self+" drops the dead node's endpoints", func() bool { return len(n.Endpoints(9)) == 0 })
+		poll.True(t, dead+time.Second-time.Since(start), n.self+" drops the dead node's endpoints", func() bool { return len(n.Endpoints(9)) == 0 })
 	}
 	t.Logf("dead node's endpoints removed everywhere after %v (DeadTimeout %v)", time.Since(start), dead)
 
@@ -220,7 +207,7 @@ func TestKilledNodeRemovedAndRestored(t *testing.T) {
 		}
 	}
 	for _, n := range nodes[:3] {
-		eventually(t, 5*time.Second, n.self+" sees the restarted node's 2 endpoints", func() bool {
+		poll.True(t, 5*time.Second, n.self+" sees the restarted node's 2 endpoints", func() bool {
 			return len(n.Endpoints(9)) == 2 && hasEP(n, 9, "n3", "v0") && hasEP(n, 9, "n3", "v1")
 		})
 	}
@@ -233,12 +220,12 @@ func TestFastRestartExpiresStaleRecords(t *testing.T) {
 	v := nodes[2]
 	port := v.cfg.BindPort
 	v.PublishEndpoint(testEP(9, "gone", 20))
-	eventually(t, 3*time.Second, "n0 sees it", func() bool { return hasEP(nodes[0], 9, "n2", "gone") })
+	poll.True(t, 3*time.Second, "n0 sees it", func() bool { return hasEP(nodes[0], 9, "n2", "gone") })
 	v.Shutdown()
 	back := startNode(t, "n2", nodeOpts{dead: 5 * time.Second, port: port, peers: []string{addr(nodes[0])}}, nil)
 	_ = back
 	for _, n := range nodes[:2] {
-		eventually(t, 5*time.Second, n.self+" drops the stale endpoint", func() bool { return !hasEP(n, 9, "n2", "gone") })
+		poll.True(t, 5*time.Second, n.self+" drops the stale endpoint", func() bool { return !hasEP(n, 9, "n2", "gone") })
 	}
 }
 
@@ -246,19 +233,19 @@ func TestEncryption(t *testing.T) {
 	key := []byte("0123456789abcdef0123456789abcdef")
 	a := startNode(t, "a", nodeOpts{key: key}, nil)
 	b := startNode(t, "b", nodeOpts{key: key, peers: []string{addr(a)}}, nil)
-	eventually(t, 5*time.Second, "a and b joined", func() bool { return a.alive.Load() == 2 && b.alive.Load() == 2 })
+	poll.True(t, 5*time.Second, "a and b joined", func() bool { return a.alive.Load() == 2 && b.alive.Load() == 2 })
 	a.PublishEndpoint(testEP(3, "ea", 2))
-	eventually(t, 3*time.Second, "b learns a's endpoint", func() bool { return hasEP(b, 3, "a", "ea") })
+	poll.True(t, 3*time.Second, "b learns a's endpoint", func() bool { return hasEP(b, 3, "a", "ea") })
 
 	bad := startNode(t, "mallory", nodeOpts{key: []byte("XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"), peers: []string{addr(a), addr(b)}}, nil)
 	plain := startNode(t, "plain", nodeOpts{peers: []string{addr(a)}}, nil)
 	bad.PublishEndpoint(testEP(3, "evil", 66))
 	plain.PublishEndpoint(testEP(3, "evil2", 67))
-	eventually(t, 5*time.Second, "decrypt failures counted on the keyed nodes", func() bool {
+	poll.True(t, 5*time.Second, "decrypt failures counted on the keyed nodes", func() bool {
 		return a.Stats().DecryptFailures > 0 && b.Stats().DecryptFailures > 0
 	})
 	// Give the intruders a few join attempts (RejoinInterval 1s), then check.
-	eventually(t, 5*time.Second, "several rejected join attempts", func() bool { return a.Stats().DecryptFailures >= 3 })
+	poll.True(t, 5*time.Second, "several rejected join attempts", func() bool { return a.Stats().DecryptFailures >= 3 })
 	if len(bad.Endpoints(3)) != 0 || len(plain.Endpoints(3)) != 0 || bad.alive.Load() != 1 || plain.alive.Load() != 1 {
 		t.Fatalf("wrong-key node learned something: eps=%v members=%d", bad.Endpoints(3), bad.alive.Load())
 	}
@@ -271,11 +258,11 @@ func TestEncryption(t *testing.T) {
 func TestNetworkConflict(t *testing.T) {
 	a := startNode(t, "a", nodeOpts{}, nil)
 	b := startNode(t, "b", nodeOpts{peers: []string{addr(a)}}, nil)
-	eventually(t, 5*time.Second, "joined", func() bool { return b.alive.Load() == 2 })
+	poll.True(t, 5*time.Second, "joined", func() bool { return b.alive.Load() == 2 })
 	if err := a.PublishNetwork(Network{VNI: 100, Subnet: "10.50.0.0/24", MTU: 1450}); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, 3*time.Second, "b sees a's network", func() bool { return len(b.Networks()) == 1 })
+	poll.True(t, 3*time.Second, "b sees a's network", func() bool { return len(b.Networks()) == 1 })
 	if err := b.PublishNetwork(Network{VNI: 100, Subnet: "10.50.0.7/24", MTU: 1450}); err != nil {
 		t.Fatalf("same subnet (non-canonical spelling) must not conflict: %v", err)
 	}
@@ -289,7 +276,7 @@ func TestNetworkConflict(t *testing.T) {
 	t.Logf("conflict error: %v", err)
 	// After a withdraws, b may redefine it.
 	a.WithdrawNetwork(100)
-	eventually(t, 3*time.Second, "b sees the withdrawal", func() bool {
+	poll.True(t, 3*time.Second, "b sees the withdrawal", func() bool {
 		for _, n := range b.Networks() {
 			if n.Node == "a" {
 				return false
@@ -332,7 +319,7 @@ func TestCaughtUpOnceEveryPeerSentItsState(t *testing.T) {
 	b := startNode(t, "b", nodeOpts{peers: []string{addr(a)}}, nil)
 	c := startNode(t, "c", nodeOpts{peers: []string{addr(a)}}, nil)
 	for _, n := range []*Cluster{a, b, c} {
-		eventually(t, 10*time.Second, n.self+" caught up with both others", n.CaughtUp)
+		poll.True(t, 10*time.Second, n.self+" caught up with both others", n.CaughtUp)
 	}
 }
 
@@ -342,7 +329,7 @@ func TestCaughtUpOnceEveryPeerSentItsState(t *testing.T) {
 func TestPeerByNameIsNotRejoined(t *testing.T) {
 	a := startNode(t, "a", nodeOpts{}, &recorder{})
 	b := startNode(t, "b", nodeOpts{peers: []string{net.JoinHostPort("localhost", strconv.Itoa(a.cfg.BindPort))}}, &recorder{})
-	eventually(t, 10*time.Second, "b joined a by name", func() bool { return len(b.Members()) == 2 })
+	poll.True(t, 10*time.Second, "b joined a by name", func() bool { return len(b.Members()) == 2 })
 	if missing := b.missingPeers(); len(missing) != 0 {
 		t.Fatalf("peers still counted as missing after joining: %v", missing)
 	}

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"github.com/vxovl/vxovl/internal/testutil/poll"
 	"github.com/vxovl/vxovl/internal/vxlan"
 
 	"context"
@@ -96,18 +97,6 @@ func (h *harness) createEndpoint(id, addr string) *network.CreateEndpointRespons
 		h.t.Fatal(err)
 	}
 	return resp
-}
-
-// waitFor polls cond until it holds or a bounded deadline passes.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestParseNetworkOptions(t *testing.T) {
@@ -369,7 +358,7 @@ func TestRemoteEndpointsAreProgrammed(t *testing.T) {
 	)
 	h.drv.EndpointsChanged(42)
 	want := []string{"10.10.0.3@10.98.0.2", "10.10.0.4@10.98.0.3"}
-	waitFor(t, "peers programmed", func() bool { return reflect.DeepEqual(h.dp.peerIPs(42), want) })
+	poll.True(t, 5*time.Second, "peers programmed", func() bool { return reflect.DeepEqual(h.dp.peerIPs(42), want) })
 	if s := h.drv.Stats(); s.IPConflicts != 1 {
 		t.Fatalf("conflict counted %d times, want 1", s.IPConflicts)
 	}
@@ -390,7 +379,7 @@ func TestRemoteEndpointsAreProgrammed(t *testing.T) {
 	}
 	h.g.setRemote(42)
 	h.drv.EndpointsChanged(42)
-	waitFor(t, "peers removed", func() bool { return len(h.dp.peerIPs(42)) == 0 })
+	poll.True(t, 5*time.Second, "peers removed", func() bool { return len(h.dp.peerIPs(42)) == 0 })
 }
 
 // TestMACClashes: two remote endpoints with one MAC behind two VTEPs (the
@@ -416,7 +405,7 @@ func TestMACClashes(t *testing.T) {
 	)
 	h.drv.EndpointsChanged(42)
 	want := []string{"10.10.0.4@10.98.0.3", "10.10.0.5@10.98.0.3", "10.10.0.7@10.98.0.2"}
-	waitFor(t, "the non-clashing peers programmed", func() bool { return reflect.DeepEqual(h.dp.peerIPs(42), want) })
+	poll.True(t, 5*time.Second, "the non-clashing peers programmed", func() bool { return reflect.DeepEqual(h.dp.peerIPs(42), want) })
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if err := h.drv.Reconcile(ctx); err != nil {
@@ -429,7 +418,7 @@ func TestMACClashes(t *testing.T) {
 	h.g.setRemote(42,
 		cluster.Endpoint{VNI: 42, ID: "old", IP: net.ParseIP("10.10.0.3").To4(), MAC: shared, Node: "b", VTEP: vtepB, Version: 1})
 	h.drv.EndpointsChanged(42)
-	waitFor(t, "the older claim programmed", func() bool {
+	poll.True(t, 5*time.Second, "the older claim programmed", func() bool {
 		return reflect.DeepEqual(h.dp.peerIPs(42), []string{"10.10.0.3@10.98.0.2"})
 	})
 }
@@ -597,7 +586,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	h.g.setRemote(42, cluster.Endpoint{VNI: 42, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(),
 		MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: "b", VTEP: net.ParseIP("10.98.0.2").To4()})
 	h.drv.EndpointsChanged(42)
-	waitFor(t, "peer programmed", func() bool { return len(h.dp.peerIPs(42)) == 1 })
+	poll.True(t, 5*time.Second, "peer programmed", func() bool { return len(h.dp.peerIPs(42)) == 1 })
 	// Someone deletes the VXLAN device and its entries by hand.
 	h.dp.mu.Lock()
 	h.dp.unhealthy[42] = true
@@ -628,7 +617,7 @@ func TestRestartRestoresState(t *testing.T) {
 	h.g.setRemote(42, cluster.Endpoint{VNI: 42, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(),
 		MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: "b", VTEP: net.ParseIP("10.98.0.2").To4()})
 	h.drv.EndpointsChanged(42)
-	waitFor(t, "peer programmed", func() bool { return len(dp.peerIPs(42)) == 1 })
+	poll.True(t, 5*time.Second, "peer programmed", func() bool { return len(dp.peerIPs(42)) == 1 })
 	h.stop()
 
 	// A host reboot: the kernel is empty, only the store remains, plus a
@@ -663,7 +652,7 @@ func TestRestoredPeersDroppedOnceClusterCaughtUp(t *testing.T) {
 	h.g.setRemote(42, cluster.Endpoint{VNI: 42, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(),
 		MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: "b", VTEP: net.ParseIP("10.98.0.2").To4()})
 	h.drv.EndpointsChanged(42)
-	waitFor(t, "peer programmed", func() bool { return len(dp.peerIPs(42)) == 1 })
+	poll.True(t, 5*time.Second, "peer programmed", func() bool { return len(dp.peerIPs(42)) == 1 })
 	h.stop()
 
 	// While the plugin was down, r1 went away. After the restart the
@@ -675,5 +664,5 @@ func TestRestoredPeersDroppedOnceClusterCaughtUp(t *testing.T) {
 	h2.g.mu.Lock()
 	h2.g.caughtUp = true
 	h2.g.mu.Unlock()
-	waitFor(t, "remembered peer dropped", func() bool { return len(dp.peerIPs(42)) == 0 })
+	poll.True(t, 5*time.Second, "remembered peer dropped", func() bool { return len(dp.peerIPs(42)) == 0 })
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/docker/go-plugins-helpers/ipam"
 
 	"github.com/vxovl/vxovl/internal/store"
+	"github.com/vxovl/vxovl/internal/testutil/poll"
 )
 
 const testMAC = "02:42:0a:32:00:07"
@@ -137,18 +138,6 @@ func addrOf(t *testing.T, cidr string) netip.Addr {
 		t.Fatalf("address %q is not in CIDR form: %v", cidr, err)
 	}
 	return p.Addr()
-}
-
-// eventually polls cond until it holds or the deadline passes.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for: %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func setGrace(d *Driver, g time.Duration) {
@@ -441,7 +430,7 @@ func TestExplicitAndAux(t *testing.T) {
 	if a := mustAlloc(t, h1, id, "10.50.0.200"); a != "10.50.0.200/24" {
 		t.Fatalf("explicit address came back as %s", a)
 	}
-	eventually(t, "h2 learns h1's pin", func() bool {
+	poll.True(t, 5*time.Second, "h2 learns h1's pin", func() bool {
 		h2.mu.Lock()
 		defer h2.mu.Unlock()
 		return h2.known[knownKey{"h1", netip.MustParsePrefix("10.50.0.200/32")}] != nil
@@ -457,7 +446,7 @@ func TestExplicitAndAux(t *testing.T) {
 	a1 := mustAlloc(t, h1, id, "")
 	blk := blockOf(addrOf(t, a1), 4)
 	inside := fromU32(first(blk) + 5).String()
-	eventually(t, "h2 learns h1's block", func() bool {
+	poll.True(t, 5*time.Second, "h2 learns h1's block", func() bool {
 		h2.mu.Lock()
 		defer h2.mu.Unlock()
 		return h2.known[knownKey{"h1", blk}] != nil
@@ -484,7 +473,7 @@ func TestExplicitAndAux(t *testing.T) {
 		t.Fatal(err)
 	}
 	setGrace(h2, time.Millisecond)
-	eventually(t, "h2 forgets the released pin", func() bool {
+	poll.True(t, 5*time.Second, "h2 forgets the released pin", func() bool {
 		n.notifyAll()
 		h2.mu.Lock()
 		defer h2.mu.Unlock()
@@ -563,7 +552,7 @@ func TestReleaseReturnsBlocks(t *testing.T) {
 	// Released blocks become claimable by others (after the release grace).
 	setGrace(nodes[1].d, time.Millisecond)
 	n.notifyAll()
-	eventually(t, "h2 forgets released blocks", func() bool {
+	poll.True(t, 5*time.Second, "h2 forgets released blocks", func() bool {
 		n.notifyAll()
 		h2 := nodes[1].d
 		h2.mu.Lock()
@@ -644,7 +633,7 @@ func TestRestartKeepsAllocations(t *testing.T) {
 	if a := mustAlloc(t, d, id, ""); addrOf(t, a) == addrOf(t, before[len(before)-1]) {
 		t.Fatal("restarted node handed out an address it already had")
 	}
-	eventually(t, "h1 republished its claims", func() bool {
+	poll.True(t, 5*time.Second, "h1 republished its claims", func() bool {
 		c := 0
 		for _, r := range h2.fake.Records(KindBlock) {
 			if r.Owner == "h1" {
@@ -669,7 +658,7 @@ func TestPartition(t *testing.T) {
 	a1 := addrOf(t, mustAlloc(t, h1, id, ""))
 	a2 := addrOf(t, mustAlloc(t, h2, id, ""))
 	b1, b2 := blockOf(a1, 2), blockOf(a2, 2)
-	eventually(t, "everyone knows both blocks", func() bool {
+	poll.True(t, 5*time.Second, "everyone knows both blocks", func() bool {
 		for _, d := range []*Driver{h1, h2, h3} {
 			d.mu.Lock()
 			ok := (d.self == "h1" || d.known[knownKey{"h1", b1}] != nil) && (d.self == "h2" || d.known[knownKey{"h2", b2}] != nil)
@@ -719,7 +708,7 @@ func TestPartition(t *testing.T) {
 	}
 
 	n.heal()
-	eventually(t, "both sides report the double claims", func() bool {
+	poll.True(t, 5*time.Second, "both sides report the double claims", func() bool {
 		return h1.Stats().Conflicts > 0 && h2.Stats().Conflicts > 0
 	})
 	// For every doubly claimed block exactly one side yields.
@@ -792,7 +781,7 @@ func TestReleasedBlockForgottenInQuietCluster(t *testing.T) {
 		return c
 	}
 	held := len(ownedBlocks(h1))
-	eventually(t, "h2 learns h1's blocks", func() bool { return remote() == held })
+	poll.True(t, 5*time.Second, "h2 learns h1's blocks", func() bool { return remote() == held })
 	for _, a := range addrs {
 		if err := h1.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: id, Address: a}); err != nil {
 			t.Fatal(err)
@@ -802,7 +791,7 @@ func TestReleasedBlockForgottenInQuietCluster(t *testing.T) {
 		t.Fatalf("h1 holds %d blocks after releasing everything, want 1", got)
 	}
 	// No notifyAll here: only h2's own timer may make it forget.
-	eventually(t, "h2 forgets h1's released blocks", func() bool { return remote() == 1 })
+	poll.True(t, 5*time.Second, "h2 forgets h1's released blocks", func() bool { return remote() == 1 })
 }
 
 // TestCloseStopsRefresh: after Close no refresh learns (and writes) claims,
@@ -823,7 +812,7 @@ func TestCloseStopsRefresh(t *testing.T) {
 		t.Fatalf("after Close the store learned %v", got)
 	}
 	// The open nodes still learn it.
-	eventually(t, "h3 learns h2's block", func() bool {
+	poll.True(t, 5*time.Second, "h3 learns h2's block", func() bool {
 		nodes[2].d.mu.Lock()
 		defer nodes[2].d.mu.Unlock()
 		return len(nodes[2].d.known) > 0

@@ -13,6 +13,7 @@ import (
 
 	"github.com/vxovl/vxovl/cluster"
 	"github.com/vxovl/vxovl/cluster/clustertest"
+	"github.com/vxovl/vxovl/internal/testutil/poll"
 )
 
 // TestRealClusterConcurrentAllocations runs the driver over three real
@@ -45,7 +46,7 @@ func TestRealClusterConcurrentAllocations(t *testing.T) {
 		}
 		drivers = append(drivers, d)
 	}
-	eventually(t, "all three nodes see each other", func() bool {
+	poll.True(t, 5*time.Second, "all three nodes see each other", func() bool {
 		for _, c := range cls {
 			alive := 0
 			for _, m := range c.Members() {
@@ -89,7 +90,7 @@ func TestRealClusterConcurrentAllocations(t *testing.T) {
 		t.Fatalf("%d distinct addresses, want 60", len(got))
 	}
 	// Every node learns every other node's blocks through gossip.
-	eventually(t, "blocks gossiped", func() bool {
+	poll.True(t, 5*time.Second, "blocks gossiped", func() bool {
 		for _, d := range drivers {
 			d.mu.Lock()
 			n := len(d.known)

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vxovl/vxovl/internal/testutil/poll"
 )
 
 // Settings of the cluster acceptance lab. The VXLAN port is not the default so that the
@@ -127,7 +129,7 @@ func TestCluster(t *testing.T) {
 		})
 		for i := 1; i <= 3; i++ {
 			ov := l.mhOverlay(t, i, flVNI)
-			WaitFor(t, 10*time.Second, fmt.Sprintf("host %d has one flood entry per remote VTEP", i), func() (bool, string) {
+			poll.Until(t, 10*time.Second, fmt.Sprintf("host %d has one flood entry per remote VTEP", i), func() (bool, string) {
 				fdb := FDB(t, ov)
 				for j := 1; j <= 3; j++ {
 					line := mhLineWith(fdb, "00:00:00:00:00:00 dev vxlan0 dst "+l.Addr(j)+" ")
@@ -210,7 +212,7 @@ func TestCluster(t *testing.T) {
 			l.MustDocker(t, 2, "run", "-d", "--name", name, "--network", mh, "--ip", ip, "vxovl/busybox", "sleep", "3600")
 			returned := time.Now()
 			var pinged time.Time
-			WaitFor(t, 15*time.Second, fmt.Sprintf("%s on host 1 pings %s on host 2", c[1].Name, name), func() (bool, string) {
+			poll.Until(t, 15*time.Second, fmt.Sprintf("%s on host 1 pings %s on host 2", c[1].Name, name), func() (bool, string) {
 				out, err := l.Docker(t, 1, "exec", c[1].Name, "ping", "-c1", "-W1", ip)
 				pinged = time.Now()
 				return err == nil, out
@@ -281,7 +283,7 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("lab start-host 3: %v\n%s", err, out)
 		}
 		t.Logf("host 3 dockerd back in %v", time.Since(start).Round(time.Millisecond))
-		WaitFor(t, 30*time.Second, "c3 restarted by its restart policy", func() (bool, string) {
+		poll.Until(t, 30*time.Second, "c3 restarted by its restart policy", func() (bool, string) {
 			out, err := l.Docker(t, 3, "inspect", "-f", "{{.State.Running}}", c[3].Name)
 			return err == nil && out == "true", out
 		})
@@ -323,7 +325,7 @@ func TestCluster(t *testing.T) {
 		l.mhEntries(t, 1, knVNI, k[2], true, 15*time.Second)
 		l.mhPing(t, 1, k[1].Name, k[2].IP, 10*time.Second)
 		for _, i := range []int{1, 3} {
-			WaitFor(t, 20*time.Second, fmt.Sprintf("host %d rejected gossip with the wrong key", i), func() (bool, string) {
+			poll.Until(t, 20*time.Second, fmt.Sprintf("host %d rejected gossip with the wrong key", i), func() (bool, string) {
 				st := l.mhPluginState(t, i)
 				return st.Cluster.DecryptFailures > 0, fmt.Sprintf("state: %+v", st)
 			})
@@ -381,7 +383,7 @@ func (l *Lab) mhContainer(t testing.TB, i int, name, network string) *mhContaine
 // waitPing waits until container name on host i gets a reply from ip.
 func (l *Lab) mhPing(t testing.TB, i int, name, ip string, timeout time.Duration) {
 	t.Helper()
-	WaitFor(t, timeout, fmt.Sprintf("%s on host %d pings %s", name, i, ip), func() (bool, string) {
+	poll.Until(t, timeout, fmt.Sprintf("%s on host %d pings %s", name, i, ip), func() (bool, string) {
 		out, err := l.Docker(t, i, "exec", name, "ping", "-c1", "-W1", ip)
 		return err == nil, out
 	})
@@ -396,7 +398,7 @@ func (l *Lab) mhEntries(t testing.TB, i int, vni uint32, c *mhContainer, present
 	if present {
 		what = fmt.Sprintf("host %d has the entries of %s (%s %s via %s)", i, c.Name, c.IP, c.MAC, l.Addr(c.Host))
 	}
-	WaitFor(t, max(timeout, 0), what, func() (bool, string) {
+	poll.Until(t, max(timeout, 0), what, func() (bool, string) {
 		neigh, fdb := Neighbors(t, ov), FDB(t, ov)
 		hasNeigh := mhHasLine(neigh, fmt.Sprintf("%s dev vxlan0 lladdr %s PERMANENT", c.IP, c.MAC))
 		hasFDB := mhLineWith(fdb, fmt.Sprintf("%s dev vxlan0 dst %s ", c.MAC, l.Addr(c.Host))) != ""
@@ -423,7 +425,7 @@ func (l *Lab) mhOverlayPath(i int, vni uint32) string {
 func (l *Lab) mhOverlay(t testing.TB, i int, vni uint32) string {
 	t.Helper()
 	var path string
-	WaitFor(t, 10*time.Second, fmt.Sprintf("host %d has an overlay namespace for VNI %d", i, vni), func() (bool, string) {
+	poll.Until(t, 10*time.Second, fmt.Sprintf("host %d has an overlay namespace for VNI %d", i, vni), func() (bool, string) {
 		path = l.mhOverlayPath(i, vni)
 		if path == "" {
 			return false, "no plugin propagated mount"
@@ -573,7 +575,7 @@ func (l *Lab) mhKillHost(t testing.TB, i int) {
 		pids = append(pids, pid)
 		_ = syscall.Kill(pid, syscall.SIGKILL)
 	}
-	WaitFor(t, 10*time.Second, fmt.Sprintf("processes of host %d gone", i), func() (bool, string) {
+	poll.Until(t, 10*time.Second, fmt.Sprintf("processes of host %d gone", i), func() (bool, string) {
 		for _, pid := range pids {
 			if syscall.Kill(pid, 0) == nil {
 				if b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid)); err == nil && !strings.Contains(string(b), ") Z ") {

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/vxovl/vxovl/internal/testutil/poll"
 )
 
 // TestMain clears a lab left by an interrupted run before the tests and after them.
@@ -95,7 +97,7 @@ func TestSingleHost(t *testing.T) {
 	ipB := l.ContainerIP(t, 1, "cb", "n1")
 	ipA := l.ContainerIP(t, 1, "ca", "n1")
 
-	WaitFor(t, 10*time.Second, "ca pings cb", func() (bool, string) {
+	poll.Until(t, 10*time.Second, "ca pings cb", func() (bool, string) {
 		out, err := l.Docker(t, 1, "exec", "ca", "ping", "-c1", "-W1", ipB)
 		return err == nil, out
 	})
@@ -122,7 +124,7 @@ func TestSingleHost(t *testing.T) {
 
 	l.MustDocker(t, 1, "rm", "-f", "ca", "cb", "cc")
 	l.MustDocker(t, 1, "network", "rm", "n1", "n2")
-	WaitFor(t, 10*time.Second, "overlay gone after network rm", func() (bool, string) {
+	poll.Until(t, 10*time.Second, "overlay gone after network rm", func() (bool, string) {
 		if o := l.Overlays(t, 1); len(o) > 0 {
 			return false, fmt.Sprintf("overlay namespaces left: %v", o)
 		}
@@ -182,7 +184,7 @@ func TestCrossHost(t *testing.T) {
 	ip2 := l.ContainerIP(t, 2, "c2", "xn")
 
 	start = time.Now()
-	WaitFor(t, 30*time.Second, "c1 on host 1 pings c2 on host 2", func() (bool, string) {
+	poll.Until(t, 30*time.Second, "c1 on host 1 pings c2 on host 2", func() (bool, string) {
 		out, err := l.Docker(t, 1, "exec", "c1", "ping", "-c1", "-W1", ip2)
 		return err == nil, out
 	})
@@ -234,7 +236,7 @@ func TestComposeExample(t *testing.T) {
 	}
 	compose(1, "a", "up", "-d")
 	compose(2, "b", "up", "-d")
-	WaitFor(t, 30*time.Second, "compose client on host 2 pings the server on host 1", func() (bool, string) {
+	poll.Until(t, 30*time.Second, "compose client on host 2 pings the server on host 1", func() (bool, string) {
 		out, err := l.Docker(t, 2, "exec", "vxdemo_client_1", "ping", "-c1", "-W1", "10.220.0.10")
 		return err == nil, out
 	})

@@ -12,6 +12,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vxovl/vxovl/internal/testutil/poll"
 )
 
 // TestIPAMConcurrentRuns: three lab hosts each start 20 containers at once
@@ -438,7 +440,7 @@ func TestIPAMDockerSemantics(t *testing.T) {
 			}
 		}
 		l.MustDocker(t, 2, append([]string{"rm", "-f"}, names...)...)
-		WaitFor(t, 10*time.Second, "host 2 gives back its empty blocks but one", func() (bool, string) {
+		poll.Until(t, 10*time.Second, "host 2 gives back its empty blocks but one", func() (bool, string) {
 			n := l.ipamState(t, 2).IPAM.BlocksReleased - before
 			return n == uint64(len(blocks)-1), fmt.Sprintf("released %d, want %d", n, len(blocks)-1)
 		})
@@ -470,7 +472,7 @@ func TestIPAMDockerSemantics(t *testing.T) {
 		if err := syscall.Kill(old, syscall.SIGKILL); err != nil {
 			t.Fatal(err)
 		}
-		WaitFor(t, 30*time.Second, "dockerd restarts the plugin on host 1", func() (bool, string) {
+		poll.Until(t, 30*time.Second, "dockerd restarts the plugin on host 1", func() (bool, string) {
 			pid, err := l.findPluginPID(1)
 			if err != nil || pid == old {
 				return false, fmt.Sprintf("pid %d, %v", pid, err)
@@ -535,7 +537,7 @@ func TestIPAMDockerSemantics(t *testing.T) {
 			s := l.ipamState(t, i).memberState(other)
 			return s != "alive" && s != "suspect", fmt.Sprintf("host %d sees %s %q", i, other, s)
 		}
-		WaitFor(t, 30*time.Second, "the partition is noticed", func() (bool, string) {
+		poll.Until(t, 30*time.Second, "the partition is noticed", func() (bool, string) {
 			for _, c := range []struct {
 				i int
 				o string
@@ -550,7 +552,7 @@ func TestIPAMDockerSemantics(t *testing.T) {
 		a3 := l.mustRunOn(t, 3, "dup3", "part", "--ip", dup.String())
 		t.Logf("during the partition host 1 and host 3 both started --ip %s / %s", a1, a3)
 		link("up")
-		WaitFor(t, 60*time.Second, "the partition heals", func() (bool, string) {
+		poll.Until(t, 60*time.Second, "the partition heals", func() (bool, string) {
 			for i := 1; i <= l.N; i++ {
 				for j := 1; j <= l.N; j++ {
 					if s := l.ipamState(t, i).memberState(fmt.Sprintf("h%d", j)); s != "alive" {
@@ -561,7 +563,7 @@ func TestIPAMDockerSemantics(t *testing.T) {
 			return true, ""
 		})
 		for _, i := range []int{1, 3} {
-			WaitFor(t, 30*time.Second, fmt.Sprintf("host %d reports the IPAM conflict", i), func() (bool, string) {
+			poll.Until(t, 30*time.Second, fmt.Sprintf("host %d reports the IPAM conflict", i), func() (bool, string) {
 				st := l.ipamState(t, i)
 				// The driver counts a remote endpoint it refuses to program; when
 				// the cluster already kept our own (newer) endpoint, it counts.

@@ -337,20 +337,3 @@ func (l *Lab) dumpLogs(t testing.TB) {
 		t.Logf("--- host %d dockerd.log (tail) ---\n%s", i, l.PluginLog(i))
 	}
 }
-
-// WaitFor polls cond every 50ms until it reports true or timeout passes, then fails the test
-// with cond's last explanation.
-func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() (bool, string)) {
-	t.Helper()
-	deadline := time.Now().Add(timeout)
-	for {
-		ok, why := cond()
-		if ok {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("%s: not true after %v: %s", what, timeout, why)
-		}
-		time.Sleep(50 * time.Millisecond)
-	}
-}

@@ -18,6 +18,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/vxovl/vxovl/internal/testutil/poll"
 )
 
 // The persistence and restart acceptance tests: drift repair, kill -9 of the plugin, dockerd
@@ -55,7 +57,7 @@ func restartLab(t *testing.T) *Lab {
 func (l *Lab) waitPing(t testing.TB, i int, c, ip string, timeout time.Duration) time.Duration {
 	t.Helper()
 	start := time.Now()
-	WaitFor(t, timeout, fmt.Sprintf("%s on host %d pings %s", c, i, ip), func() (bool, string) {
+	poll.Until(t, timeout, fmt.Sprintf("%s on host %d pings %s", c, i, ip), func() (bool, string) {
 		out, err := l.Docker(t, i, "exec", c, "ping", "-c1", "-W1", ip)
 		return err == nil, out
 	})
@@ -74,7 +76,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 	waitBack := func(what string, present func() (bool, string)) time.Duration {
 		t.Helper()
 		start := time.Now()
-		WaitFor(t, 15*time.Second, what+" is back", present)
+		poll.Until(t, 15*time.Second, what+" is back", present)
 		return time.Since(start)
 	}
 	neighPresent := func() (bool, string) {
@@ -101,7 +103,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 		}
 		t.Logf("FDB entry back after %v", waitBack("FDB entry "+mac, fdbPresent).Round(time.Millisecond))
 
-		WaitFor(t, 10*time.Second, "drift counter and log line", func() (bool, string) {
+		poll.Until(t, 10*time.Second, "drift counter and log line", func() (bool, string) {
 			now, lines := repairs(), l.countLog(1, "repaired neighbor/FDB drift")
 			return now >= before+2 && lines >= logBefore+2,
 				fmt.Sprintf("DriftRepairs %d -> %d, log lines %d -> %d", before, now, logBefore, lines)
@@ -153,7 +155,7 @@ func TestReconcileRepairsDrift(t *testing.T) {
 			t.Fatalf("SIGHUP to the plugin: %v", err)
 		}
 		waitBack("neighbor after SIGHUP", neighPresent)
-		WaitFor(t, 5*time.Second, "SIGHUP log line", func() (bool, string) {
+		poll.Until(t, 5*time.Second, "SIGHUP log line", func() (bool, string) {
 			n := l.countLog(1, "SIGHUP: reconciling now")
 			return n > hups, fmt.Sprintf("%d lines, %d before", n, hups)
 		})
@@ -177,7 +179,7 @@ func TestKillPluginKeepsDataPlane(t *testing.T) {
 		out, err := l.Docker(t, 1, "exec", "c1", "ping", "-i", "0.1", "-c", strconv.Itoa(count), "-W", "1", ip2)
 		done <- result{out, err}
 	}()
-	WaitFor(t, 10*time.Second, "ping running in c1", func() (bool, string) {
+	poll.Until(t, 10*time.Second, "ping running in c1", func() (bool, string) {
 		out, _ := l.Docker(t, 1, "top", "c1")
 		return strings.Contains(out, "ping"), out
 	})
@@ -190,7 +192,7 @@ func TestKillPluginKeepsDataPlane(t *testing.T) {
 		}
 	}
 	for i := 1; i <= 2; i++ {
-		WaitFor(t, 30*time.Second, fmt.Sprintf("host %d plugin restarted and serving", i), func() (bool, string) {
+		poll.Until(t, 30*time.Second, fmt.Sprintf("host %d plugin restarted and serving", i), func() (bool, string) {
 			pid, err := l.findPluginPID(i)
 			if err != nil || pid == old[i-1] {
 				return false, fmt.Sprintf("pid %d (%v)", pid, err)
@@ -295,7 +297,7 @@ func TestDockerdRestartAndReboot(t *testing.T) {
 			ids := strings.Fields(l.MustDocker(t, i, "ps", "-aq"))
 			l.MustDocker(t, i, append([]string{"rm", "-f"}, ids...)...)
 			l.MustDocker(t, i, "network", "rm", rsNet)
-			WaitFor(t, 10*time.Second, fmt.Sprintf("host %d clean", i), func() (bool, string) {
+			poll.Until(t, 10*time.Second, fmt.Sprintf("host %d clean", i), func() (bool, string) {
 				if o := l.Overlays(t, i); len(o) > 0 {
 					return false, fmt.Sprintf("overlay namespaces left: %v", o)
 				}
@@ -493,7 +495,7 @@ func (l *Lab) countLog(i int, msg string) int {
 
 func (l *Lab) waitRunning(t testing.TB, i int, c string) {
 	t.Helper()
-	WaitFor(t, 60*time.Second, fmt.Sprintf("%s running on host %d", c, i), func() (bool, string) {
+	poll.Until(t, 60*time.Second, fmt.Sprintf("%s running on host %d", c, i), func() (bool, string) {
 		out, err := l.Docker(t, i, "inspect", "-f", "{{.State.Running}} {{.State.Error}}", c)
 		return err == nil && strings.HasPrefix(out, "true"), out
 	})
@@ -612,7 +614,7 @@ func (l *Lab) pluginPost(t testing.TB, i int, path string) pluginStats {
 // that exist.
 func (l *Lab) checkNoLeftovers(t testing.TB) {
 	t.Helper()
-	WaitFor(t, 30*time.Second, "no leftovers", func() (bool, string) {
+	poll.Until(t, 30*time.Second, "no leftovers", func() (bool, string) {
 		ips := map[int][]string{}
 		for i := 1; i <= l.N; i++ {
 			out, err := l.Docker(t, i, "network", "inspect", "-f",
