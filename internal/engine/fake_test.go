@@ -388,7 +388,7 @@ func (r *recorder) endpoints() []string {
 
 // startWatcher runs a Watcher against socket until the test ends, with
 // pauses short enough for tests.
-func startWatcher(t *testing.T, socket string) (*Watcher, *recorder) {
+func startWatcher(t *testing.T, socket string, tweaks ...func(*Watcher)) (*Watcher, *recorder) {
 	t.Helper()
 	rec := &recorder{}
 	w, err := New(Config{Socket: socket, Managed: managed, Sink: rec, Logger: testLogger(t)})
@@ -396,6 +396,9 @@ func startWatcher(t *testing.T, socket string) (*Watcher, *recorder) {
 		t.Fatal(err)
 	}
 	w.minBackoff, w.maxBackoff = 10*time.Millisecond, 80*time.Millisecond
+	for _, tweak := range tweaks {
+		tweak(w)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
 	go func() {

@@ -154,7 +154,7 @@ func (w *Watcher) session(ctx context.Context) error {
 
 	ids, running, err := w.client.listManaged(ctx, w.cfg.Managed)
 	if err != nil {
-		cancel() // ends the read: closing a body under a blocked read may wait for it
+		cancel() // closes the stream's connection, ending the read
 		<-streamErr
 		return err
 	}

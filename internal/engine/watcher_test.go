@@ -87,13 +87,19 @@ func equalUpdate(a, b Update) bool {
 		a.ContainerID == b.ContainerID && slices.Equal(a.Names, b.Names)
 }
 
+// oneWorker makes the watcher inspect containers one at a time, in the
+// order of their events, so that a test can tell what it did not do.
+func oneWorker(w *Watcher) { w.workers = 1 }
+
 func TestEventsReportNewEndpoints(t *testing.T) {
 	f := newFakeEngine(t, "1.41")
-	f.add(fakeContainer{ID: cid(3), Name: "lone", Hostname: "lone", Endpoints: []fakeEndpoint{
-		{Network: otherNet, EndpointID: eid(5)},
-	}})
-	_, rec := startWatcher(t, f.socket)
-	poll.True(t, wait, "the resync", func() bool { return f.count("/containers/json") == 1 })
+	for i, n := range []fakeNetwork{otherNet, otherNet, vxNet} {
+		f.add(fakeContainer{ID: cid(3 + i), Name: fmt.Sprint("lone", i), Hostname: "lone", Endpoints: []fakeEndpoint{
+			{Network: n, EndpointID: eid(5 + i)},
+		}})
+	}
+	_, rec := startWatcher(t, f.socket, oneWorker)
+	reported(t, rec, eid(7), "lone2", "lone", cid(5)[:12])
 
 	// docker run: connect events, then start.
 	f.start(fakeContainer{ID: cid(1), Name: "web", Hostname: "web", Endpoints: []fakeEndpoint{
@@ -102,17 +108,15 @@ func TestEventsReportNewEndpoints(t *testing.T) {
 	reported(t, rec, eid(1), "web", "web-svc", cid(1)[:12])
 
 	// docker network connect: another driver's network is none of vxovl's business...
-	f.connect(cid(3), fakeEndpoint{Network: otherNet, EndpointID: eid(6)})
+	f.connect(cid(3), fakeEndpoint{Network: otherNet, EndpointID: eid(10)})
 	// ...a vxovl network is.
-	f.connect(cid(3), fakeEndpoint{Network: vxNet2, EndpointID: eid(7), Aliases: []string{"late"}})
-	reported(t, rec, eid(7), "lone", "late", cid(3)[:12])
-	if _, ok := rec.get(eid(6)); ok {
-		t.Error("an endpoint on another driver's network was reported")
+	f.connect(cid(4), fakeEndpoint{Network: vxNet2, EndpointID: eid(11), Aliases: []string{"late"}})
+	reported(t, rec, eid(11), "lone1", "lone", "late", cid(4)[:12])
+	if n := f.count("/containers/" + cid(3) + "/json"); n != 0 {
+		t.Errorf("a container joining another driver's network was inspected %d times", n)
 	}
-	// The first connect was dropped before any inspect: the second one
-	// caused the only inspect (events are read in order).
-	if n := f.count("/containers/" + cid(3) + "/json"); n != 1 {
-		t.Errorf("container inspected %d times, want once", n)
+	if got := rec.endpoints(); !slices.Equal(got, []string{eid(1), eid(7), eid(11)}) {
+		t.Errorf("reported endpoints %v: only those on vxovl networks should be", got)
 	}
 }
 
@@ -198,7 +202,7 @@ func TestFailedInspectIsRetried(t *testing.T) {
 
 func TestGoneContainerIsNotAnError(t *testing.T) {
 	f := newFakeEngine(t, "1.41")
-	_, rec := startWatcher(t, f.socket)
+	w, rec := startWatcher(t, f.socket, oneWorker)
 	poll.True(t, wait, "the event stream", func() bool { return f.streamsOpen() == 1 })
 	// Started and removed before the watcher inspects it.
 	f.emit("container", "start", cid(9), map[string]string{"name": "brief"})
@@ -207,7 +211,12 @@ func TestGoneContainerIsNotAnError(t *testing.T) {
 	}})
 	reported(t, rec, eid(1), "web", cid(1)[:12])
 	if n := f.count("/containers/" + cid(9) + "/json"); n != 1 {
-		t.Errorf("a gone container was inspected %d times, want once (no retries)", n)
+		t.Errorf("a gone container was inspected %d times, want once", n)
+	}
+	w.attemptsMu.Lock()
+	defer w.attemptsMu.Unlock()
+	if len(w.attempts) != 0 {
+		t.Errorf("a gone container counts as a failure to retry: %v", w.attempts)
 	}
 }
 
