@@ -109,7 +109,7 @@ func (v apiVersion) String() string { return fmt.Sprintf("%d.%d", v.major, v.min
 // all its connects) and its rename. Docker ANDs the keys and ORs the
 // values; no container event is called connect and no network event start
 // or rename, so nothing else passes.
-var eventFilters = `{"type":{"container":true,"network":true},"event":{"connect":true,"start":true,"rename":true}}`
+const eventFilters = `{"type":{"container":true,"network":true},"event":{"connect":true,"start":true,"rename":true}}`
 
 // message is one event of GET /events: the same shape in every API version.
 type message struct {
@@ -214,9 +214,11 @@ func (c *client) do(ctx context.Context, path string, q url.Values) (*http.Respo
 	if err != nil {
 		return nil, err
 	}
+	req.Header.Set("User-Agent", "vxovl")
+	req.Close = true // one request per connection
 	resp, err := c.roundTrip(ctx, req)
 	if err != nil {
-		return nil, fmt.Errorf("GET %s on %s: %w", path, c.socket, err)
+		return nil, fmt.Errorf("GET %s: %w", path, err)
 	}
 	if resp.StatusCode/100 == 2 {
 		return resp, nil
@@ -241,7 +243,7 @@ func (c *client) roundTrip(ctx context.Context, req *http.Request) (*http.Respon
 	d := net.Dialer{Timeout: c.timeout}
 	conn, err := d.DialContext(ctx, "unix", c.socket)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%w (is the host's docker.sock mounted at %s?)", err, c.socket)
 	}
 	stop := context.AfterFunc(ctx, func() { conn.Close() })
 	closeConn := func() error {

@@ -71,6 +71,8 @@ func TestResyncReportsEveryVxovlEndpoint(t *testing.T) {
 			if r := f.requests(); len(r) < 2 || r[0] != "/events" || r[1] != "/containers/json" {
 				t.Errorf("requests %v: want /events, then /containers/json", r)
 			}
+			f.mu.Lock()
+			defer f.mu.Unlock()
 			since, err := strconv.ParseFloat(f.since[0], 64)
 			if err != nil || since > float64(before.Add(time.Second).UnixNano())/1e9 || since < float64(before.Add(-2*time.Second).UnixNano())/1e9 {
 				t.Errorf("since=%q, want about %v", f.since[0], before)
