@@ -270,12 +270,22 @@ func (d *Driver) findFreeLocked(subnet, rng netip.Prefix) (netip.Addr, bool) {
 	}
 	skip := d.skipLocked(subnet)
 	for _, c := range mine {
-		lo, hi := max(first(c.Prefix), first(rng)), min(last(c.Prefix), last(rng))
-		for v := uint64(lo); v <= uint64(hi); v++ {
-			a := fromU32(uint32(v))
-			if hostAddr(subnet, a) && !skip[a] && d.allocs[a] == nil {
-				return a, true
-			}
+		if a, ok := d.firstFreeLocked(subnet, c.Prefix, rng, skip); ok {
+			return a, true
+		}
+	}
+	return netip.Addr{}, false
+}
+
+// firstFreeLocked is the lowest address of block b inside rng that an
+// endpoint may get: a host address of subnet, not in skip (skipLocked) and
+// not allocated on this host. It is the one scan for free addresses.
+func (d *Driver) firstFreeLocked(subnet, b, rng netip.Prefix, skip map[netip.Addr]bool) (netip.Addr, bool) {
+	lo, hi := max(first(b), first(rng)), min(last(b), last(rng))
+	for v := uint64(lo); v <= uint64(hi); v++ {
+		a := fromU32(uint32(v))
+		if hostAddr(subnet, a) && !skip[a] && d.allocs[a] == nil {
+			return a, true
 		}
 	}
 	return netip.Addr{}, false
@@ -286,9 +296,15 @@ func (d *Driver) findFreeLocked(subnet, rng netip.Prefix) (netip.Addr, bool) {
 func (d *Driver) pickBlock(p *pool) (netip.Prefix, bool) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	skip := d.skipLocked(p.Subnet)
 	var free []netip.Prefix
 	for _, b := range blocks(p.Subnet, p.Range, p.BlockBits) {
-		if d.localConflictLocked(b, false) == "" && d.hasFreeHostLocked(p, b) {
+		if d.localConflictLocked(b, false) != "" {
+			continue
+		}
+		// A block made only of the network address, gateways and pins is
+		// not worth claiming.
+		if _, ok := d.firstFreeLocked(p.Subnet, b, p.Range, skip); ok {
 			free = append(free, b)
 		}
 	}
@@ -296,20 +312,6 @@ func (d *Driver) pickBlock(p *pool) (netip.Prefix, bool) {
 		return netip.Prefix{}, false
 	}
 	return free[rand.N(len(free))], true
-}
-
-// hasFreeHostLocked: a block made only of the network address, the gateway
-// and pins is not worth claiming.
-func (d *Driver) hasFreeHostLocked(p *pool, b netip.Prefix) bool {
-	skip := d.skipLocked(p.Subnet)
-	lo, hi := max(first(b), first(p.Range)), min(last(b), last(p.Range))
-	for v := uint64(lo); v <= uint64(hi); v++ {
-		a := fromU32(uint32(v))
-		if hostAddr(p.Subnet, a) && !skip[a] && d.allocs[a] == nil {
-			return true
-		}
-	}
-	return false
 }
 
 // releaseLocked frees a; an owned block left empty is given back when this
@@ -350,6 +352,7 @@ func (d *Driver) releaseEmptyBlocksLocked(subnet netip.Prefix) {
 			inUse = true
 		}
 	}
+	skip := d.skipLocked(subnet)
 	var empty []*claim
 	keep := 0
 	for _, c := range d.owned {
@@ -358,7 +361,7 @@ func (d *Driver) releaseEmptyBlocksLocked(subnet netip.Prefix) {
 		}
 		switch {
 		case used[c.Prefix] && !c.Conflicted:
-			if d.blockHasFreeLocked(subnet, c.Prefix) {
+			if _, ok := d.firstFreeLocked(subnet, c.Prefix, subnet, skip); ok {
 				keep++
 			}
 		case !used[c.Prefix]:
@@ -375,17 +378,6 @@ func (d *Driver) releaseEmptyBlocksLocked(subnet netip.Prefix) {
 		d.released.Add(1)
 		d.log.Info("gave back an empty address block", "block", c.Prefix, "conflicted", c.Conflicted)
 	}
-}
-
-func (d *Driver) blockHasFreeLocked(subnet, b netip.Prefix) bool {
-	skip := d.skipLocked(subnet)
-	for v := uint64(first(b)); v <= uint64(last(b)); v++ {
-		a := fromU32(uint32(v))
-		if hostAddr(subnet, a) && !skip[a] && d.allocs[a] == nil {
-			return true
-		}
-	}
-	return false
 }
 
 // dropClaimLocked forgets an owned claim and withdraws its record.
