@@ -60,12 +60,14 @@ type claimError struct{ reason string }
 
 func (e *claimError) Error() string { return e.reason }
 
-// peers are the members whose ACK a claim needs: everyone else we see that
-// is not known dead or gone.
+// peers are the other live nodes: the ones whose ACK a claim needs and whose
+// claims are current rather than remembered. The cluster lists live members
+// only (memberlist drops a node that failed and shows no suspicion), so
+// being listed is being live.
 func (d *Driver) peers() map[string]bool {
 	out := map[string]bool{}
 	for _, m := range d.cl.Members() {
-		if m.Name != d.self && (m.State == "alive" || m.State == "suspect" || m.State == "") {
+		if m.Name != d.self {
 			out[m.Name] = true
 		}
 	}
