@@ -176,7 +176,7 @@ func (d *Driver) dynamic(p *pool, mac string) (netip.Addr, error) {
 	lk.Lock()
 	defer lk.Unlock()
 	deadline := time.Now().Add(d.cfg.AllocateTimeout)
-	var tried []string
+	var lastErr error // of the last failed claim round
 	for attempt := 0; ; attempt++ {
 		// Another request may have claimed a block while we waited for lk.
 		if a, ok, err := d.tryAlloc(p, mac); ok || err != nil {
@@ -184,33 +184,28 @@ func (d *Driver) dynamic(p *pool, mac string) (netip.Addr, error) {
 		}
 		b, ok := d.pickBlock(p)
 		if !ok {
-			msg := fmt.Sprintf("%v in %s for this host: its blocks are full and no free block is left "+
+			err := fmt.Errorf("%w in %s for this host: its blocks are full and no free block is left "+
 				"(blocks held by unreachable hosts stay reserved for %s); remove containers or use a larger --subnet/--ip-range",
 				ErrExhausted, p.Range, d.cfg.OrphanTimeout)
-			if len(tried) > 0 {
-				msg += "; last claim error: " + tried[len(tried)-1]
+			if lastErr != nil {
+				err = fmt.Errorf("%w; last claim error: %w", err, lastErr)
 			}
-			return netip.Addr{}, fmt.Errorf("%w", &exhaustedError{msg})
+			return netip.Addr{}, err
 		}
 		err := d.claim(p.Subnet, b, false)
 		if err == nil {
 			continue
 		}
-		tried = append(tried, err.Error())
+		lastErr = err
 		if time.Now().After(deadline) {
 			return netip.Addr{}, fmt.Errorf("%w in %s for this host: its blocks are full and claiming a new block failed for %s "+
-				"(is part of the cluster unreachable?); last error: %v", ErrExhausted, p.Range, d.cfg.AllocateTimeout, err)
+				"(is part of the cluster unreachable?); last error: %w", ErrExhausted, p.Range, d.cfg.AllocateTimeout, err)
 		}
 		// Jittered backoff: two hosts that refused each other should not collide again.
 		back := time.Duration(10<<min(attempt, 5)) * time.Millisecond
 		time.Sleep(back/2 + rand.N(back))
 	}
 }
-
-type exhaustedError struct{ msg string }
-
-func (e *exhaustedError) Error() string { return e.msg }
-func (e *exhaustedError) Unwrap() error { return ErrExhausted }
 
 func (d *Driver) subnetLock(s netip.Prefix) *sync.Mutex {
 	d.mu.Lock()

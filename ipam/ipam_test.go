@@ -330,7 +330,7 @@ func TestConcurrentClaimsOfOneBlock(t *testing.T) {
 					mu.Lock()
 					winners = append(winners, nd.name)
 					mu.Unlock()
-				} else if !strings.Contains(err.Error(), "refused") && !strings.Contains(err.Error(), "holds") && !strings.Contains(err.Error(), "yielded") {
+				} else if !errors.Is(err, errClaimConflict) && !errors.Is(err, errClaimRefused) && !errors.Is(err, errClaimYielded) {
 					t.Errorf("round %d: %s: unexpected claim error: %v", round, nd.name, err)
 				}
 			})
@@ -750,7 +750,7 @@ func TestUnreachableMember(t *testing.T) {
 		}
 	}
 	_, err := alloc(h1, id, "")
-	if err == nil || !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "h3") {
+	if err == nil || !errors.Is(err, ErrExhausted) || !errors.Is(err, errClaimTimeout) || !strings.Contains(err.Error(), "h3") {
 		t.Fatalf("want a clear exhaustion error naming the silent node h3, got %v", err)
 	}
 	t.Logf("error: %v", err)
