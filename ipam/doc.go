@@ -67,10 +67,12 @@
 //
 // # Docker specifics
 //
-// PoolIDs are derived from the subnet, --ip-range and block size, so they
-// are equal on every host. The gateway is not a cluster allocation: it is
-// the explicit --gateway or the subnet's first host address, identical
-// everywhere, and never handed out. The driver asks Docker for MAC
+// Every network gets a pool of its own, named after the subnet, --ip-range
+// and block size (with #2, #3... for further networks of the same
+// definition on one host); networks of one subnet share its addresses and
+// blocks. The gateway is not a cluster allocation: it is the explicit
+// --gateway or the subnet's first host address, identical everywhere, and
+// no pool of the subnet hands it out. The driver asks Docker for MAC
 // addresses (RequiresMACAddress) because that is what tells an endpoint's
 // explicit --ip (request carries the MAC option) apart from a network's
 // --aux-address (no options): the first is claimed exclusively as a pin,

@@ -34,20 +34,30 @@ func (d *Driver) GetDefaultAddressSpaces() (*ipam.AddressSpacesResponse, error) 
 	return &ipam.AddressSpacesResponse{LocalDefaultAddressSpace: addressSpaceName, GlobalDefaultAddressSpace: addressSpaceName}, nil
 }
 
-// poolID is a pure function of the pool's definition, so every host
-// derives the same one.
-func poolID(subnet, rng netip.Prefix, blockBits int) string {
-	id := poolIDPrefix + subnet.String()
+// poolID names a new pool: its definition (subnet, --ip-range, block size),
+// so that the first network of a definition has the same pool ID on every
+// host, and "#2", "#3"... for further networks of the same definition on
+// this host, which are not in taken.
+func poolID(subnet, rng netip.Prefix, blockBits int, taken map[string]*pool) string {
+	base := poolIDPrefix + subnet.String()
 	if rng != subnet {
-		id += ";range=" + rng.String()
+		base += ";range=" + rng.String()
 	}
 	if blockBits != defaultBlockBits(subnet) {
-		id += ";block=" + strconv.Itoa(blockBits)
+		base += ";block=" + strconv.Itoa(blockBits)
+	}
+	id := base
+	for n := 2; taken[id] != nil; n++ {
+		id = base + "#" + strconv.Itoa(n)
 	}
 	return id
 }
 
 // RequestPool registers a pool for --subnet (required) and --ip-range.
+// Docker requests one per network, and each network gets a pool of its own
+// even when another network on this host has the same subnet: each has its
+// own gateway (Docker's default IPAM refuses the second network instead;
+// vxovl's networks of one subnet share the subnet's addresses and blocks).
 func (d *Driver) RequestPool(req *ipam.RequestPoolRequest) (*ipam.RequestPoolResponse, error) {
 	if req == nil {
 		return nil, fmt.Errorf("empty RequestPool request")
@@ -84,27 +94,22 @@ func (d *Driver) RequestPool(req *ipam.RequestPoolRequest) (*ipam.RequestPoolRes
 	if err != nil {
 		return nil, err
 	}
-	id := poolID(subnet, rng, bits)
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	p := d.pools[id]
-	if p == nil {
-		p = &pool{ID: id, Subnet: subnet, Range: rng, BlockBits: bits}
-	}
-	next := *p
-	next.Refs++
-	if err := d.st.Put(bucketPools, id, next); err != nil {
+	id := poolID(subnet, rng, bits, d.pools)
+	p := &pool{ID: id, Subnet: subnet, Range: rng, BlockBits: bits, Refs: 1}
+	if err := d.st.Put(bucketPools, id, p); err != nil {
 		return nil, fmt.Errorf("saving pool %s: %w", id, err)
 	}
-	*p = next
 	d.pools[id] = p
-	d.log.Info("pool requested", "pool", id, "refs", p.Refs)
+	d.log.Info("pool requested", "pool", id)
 	return &ipam.RequestPoolResponse{PoolID: id, Pool: subnet.String(), Data: map[string]string{}}, nil
 }
 
-// ReleasePool drops one reference; the last one forgets the pool and gives
-// back this node's empty blocks of the subnet.
+// ReleasePool forgets the pool and gives back this node's empty blocks of
+// the subnet. A pool stored by an older vxovl may be shared by several
+// networks: it is forgotten with the last of them.
 func (d *Driver) ReleasePool(req *ipam.ReleasePoolRequest) error {
 	if req == nil {
 		return fmt.Errorf("empty ReleasePool request")

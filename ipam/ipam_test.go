@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -579,20 +580,101 @@ func TestReleaseReturnsBlocks(t *testing.T) {
 	}
 }
 
-func TestPoolRefcount(t *testing.T) {
+// TestSameSubnetTwoGateways: two networks on one host with the same
+// --subnet and different gateways each keep their own gateway, and neither
+// is handed out, also after the other network is removed.
+func TestSameSubnetTwoGateways(t *testing.T) {
 	n := newFakeNet(t)
 	d := startNode(t, n, "h1", filepath.Join(t.TempDir(), "state.db"), Config{}).d
-	id := mustPool(t, d, "10.50.0.0/24", "", nil)
-	mustPool(t, d, "10.50.0.0/24", "", nil)
-	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id}); err != nil {
+	a := mustPool(t, d, "10.50.0.0/28", "", nil)
+	if gw := gatewayOf(t, d, a, ""); gw != "10.50.0.1/28" {
+		t.Fatalf("first network's gateway %s, want 10.50.0.1/28", gw)
+	}
+	b := mustPool(t, d, "10.50.0.0/28", "", nil)
+	if gw := gatewayOf(t, d, b, "10.50.0.14"); gw != "10.50.0.14/28" {
+		t.Fatalf("second network's gateway %s, want 10.50.0.14/28", gw)
+	}
+	drain := func(id string) []string {
+		var got []string
+		for {
+			r, err := alloc(d, id, "")
+			if errors.Is(err, ErrExhausted) {
+				return got
+			}
+			if err != nil {
+				t.Fatalf("pool %s: %v", id, err)
+			}
+			got = append(got, r)
+		}
+	}
+	got := append(drain(a), drain(b)...)
+	for _, r := range got {
+		if r == "10.50.0.1/28" || r == "10.50.0.14/28" {
+			t.Fatalf("gateway %s handed out to a container: %v", r, got)
+		}
+	}
+	if len(got) != 12 {
+		t.Fatalf("%d addresses handed out, want the 12 that are not gateways: %v", len(got), got)
+	}
+	// Removing the second network frees its gateway, never the first's.
+	for _, r := range got {
+		if err := d.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: a, Address: r}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: b, Address: "10.50.0.14"}); err != nil {
 		t.Fatal(err)
 	}
-	mustAlloc(t, d, id, "") // still referenced by the second network
-	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id}); err != nil {
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: b}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id}); err == nil {
-		t.Fatal("third ReleasePool of a pool requested twice succeeded")
+	got = drain(a)
+	if len(got) != 13 || slices.Contains(got, "10.50.0.1/28") {
+		t.Fatalf("after removing the second network: %v, want 13 addresses without the first's gateway 10.50.0.1", got)
+	}
+}
+
+// TestPoolPerNetwork: every network gets its own pool; a pool an older
+// vxovl shared between two networks lasts until both released it.
+func TestPoolPerNetwork(t *testing.T) {
+	n := newFakeNet(t)
+	path := filepath.Join(t.TempDir(), "state.db")
+	st := openStore(t, path)
+	subnet := netip.MustParsePrefix("10.60.0.0/24")
+	shared := pool{ID: "vxovl:10.60.0.0/24", Subnet: subnet, Range: subnet, BlockBits: 4, Refs: 2}
+	if err := st.Put(bucketPools, shared.ID, shared); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	d := startNode(t, n, "h1", path, Config{}).d
+
+	a := mustPool(t, d, "10.50.0.0/24", "", nil)
+	b := mustPool(t, d, "10.50.0.0/24", "", nil)
+	c := mustPool(t, d, "10.50.0.0/24", "", nil)
+	if a != "vxovl:10.50.0.0/24" || b != a+"#2" || c != a+"#3" {
+		t.Fatalf("pool IDs %q %q %q, want the definition, then #2 and #3", a, b, c)
+	}
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: b}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: b}); err == nil {
+		t.Fatal("second ReleasePool of a network's pool succeeded")
+	}
+	mustAlloc(t, d, a, "") // the other networks keep theirs
+	mustAlloc(t, d, c, "")
+	if got := mustPool(t, d, "10.50.0.0/24", "", nil); got != b {
+		t.Fatalf("a new network got pool %q, want the free %q", got, b)
+	}
+
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: shared.ID}); err != nil {
+		t.Fatal(err)
+	}
+	mustAlloc(t, d, shared.ID, "") // still used by the second network
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: shared.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: shared.ID}); err == nil {
+		t.Fatal("third ReleasePool of a pool shared by two networks succeeded")
 	}
 }
 

@@ -23,15 +23,18 @@ const (
 	bucketKnown  = "ipam-known"
 )
 
-// pool is one RequestPool result; several Docker networks with the same
-// subnet and options share it (Refs).
+// pool is one RequestPool result: one Docker network's address
+// configuration on this host. Its allocations and blocks belong to the
+// subnet, which several pools may share.
 type pool struct {
 	ID        string       `json:"id"`
 	Subnet    netip.Prefix `json:"subnet"`
 	Range     netip.Prefix `json:"range"`
 	BlockBits int          `json:"block_bits"`
-	Refs      int          `json:"refs"`
-	Gateway   netip.Addr   `json:"gateway,omitzero"`
+	// Refs is the number of networks using the pool: 1, except for a pool
+	// an older vxovl shared among the networks of one definition.
+	Refs    int        `json:"refs"`
+	Gateway netip.Addr `json:"gateway,omitzero"`
 }
 
 // claim is a prefix this node owns: a block, a pin (--ip) or an aux
