@@ -56,7 +56,9 @@ func (d *Driver) gateway(p *pool, want string) (netip.Addr, error) {
 	return gw, nil
 }
 
-func (d *Driver) explicit(p *pool, want, mac string) (netip.Addr, error) {
+// explicit reserves an address Docker asked for by name: a network's
+// --aux-address (aux) or an endpoint's --ip.
+func (d *Driver) explicit(p *pool, want string, aux bool) (netip.Addr, error) {
 	a, err := parseAddr(want)
 	if err != nil {
 		return netip.Addr{}, err
@@ -65,18 +67,18 @@ func (d *Driver) explicit(p *pool, want, mac string) (netip.Addr, error) {
 		return netip.Addr{}, fmt.Errorf("address %s is not a host address of subnet %s", a, p.Subnet)
 	}
 	d.mu.Lock()
-	if err := d.checkExplicitLocked(p, a, mac == ""); err != nil {
+	if err := d.checkExplicitLocked(p, a, aux); err != nil {
 		d.mu.Unlock()
 		return netip.Addr{}, err
 	}
-	if mac == "" {
+	if aux {
 		// --aux-address: every host reserves it for itself; never handed out.
 		defer d.mu.Unlock()
 		return a, d.reserveAuxLocked(p, a)
 	}
 	if c := d.ownerBlockLocked(a); c != nil {
 		defer d.mu.Unlock()
-		return a, d.allocLocked(p, a, allocExplicit, mac)
+		return a, d.allocLocked(p, a, allocExplicit)
 	}
 	d.mu.Unlock()
 
@@ -86,7 +88,7 @@ func (d *Driver) explicit(p *pool, want, mac string) (netip.Addr, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	if err := d.allocLocked(p, a, allocPin, mac); err != nil {
+	if err := d.allocLocked(p, a, allocPin); err != nil {
 		d.dropClaimLocked(pin)
 		return netip.Addr{}, err
 	}
@@ -133,7 +135,7 @@ func (d *Driver) ownerBlockLocked(a netip.Addr) *claim {
 }
 
 func (d *Driver) reserveAuxLocked(p *pool, a netip.Addr) error {
-	if err := d.allocLocked(p, a, allocAux, ""); err != nil {
+	if err := d.allocLocked(p, a, allocAux); err != nil {
 		return err
 	}
 	pin := netip.PrefixFrom(a, 32)
@@ -151,8 +153,8 @@ func (d *Driver) reserveAuxLocked(p *pool, a netip.Addr) error {
 }
 
 // allocLocked records a as in use, durably.
-func (d *Driver) allocLocked(p *pool, a netip.Addr, kind, mac string) error {
-	al := &allocation{Addr: a, Subnet: p.Subnet, Pool: p.ID, Kind: kind, MAC: mac}
+func (d *Driver) allocLocked(p *pool, a netip.Addr, kind string) error {
+	al := &allocation{Addr: a, Subnet: p.Subnet, Pool: p.ID, Kind: kind}
 	if err := d.st.Put(bucketAllocs, a.String(), al); err != nil {
 		return fmt.Errorf("saving address %s: %w", a, err)
 	}
@@ -168,8 +170,8 @@ func (d *Driver) freeLocked(a netip.Addr) {
 }
 
 // dynamic allocates from an owned block, claiming a new one when all are full.
-func (d *Driver) dynamic(p *pool, mac string) (netip.Addr, error) {
-	if a, ok, err := d.tryAlloc(p, mac); ok || err != nil {
+func (d *Driver) dynamic(p *pool) (netip.Addr, error) {
+	if a, ok, err := d.tryAlloc(p); ok || err != nil {
 		return a, err
 	}
 	lk := d.subnetLock(p.Subnet)
@@ -179,7 +181,7 @@ func (d *Driver) dynamic(p *pool, mac string) (netip.Addr, error) {
 	var lastErr error // of the last failed claim round
 	for attempt := 0; ; attempt++ {
 		// Another request may have claimed a block while we waited for lk.
-		if a, ok, err := d.tryAlloc(p, mac); ok || err != nil {
+		if a, ok, err := d.tryAlloc(p); ok || err != nil {
 			return a, err
 		}
 		b, ok := d.pickBlock(p)
@@ -219,7 +221,7 @@ func (d *Driver) subnetLock(s netip.Prefix) *sync.Mutex {
 }
 
 // tryAlloc takes the lowest free address of this node's usable blocks.
-func (d *Driver) tryAlloc(p *pool, mac string) (netip.Addr, bool, error) {
+func (d *Driver) tryAlloc(p *pool) (netip.Addr, bool, error) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if _, err := d.poolLocked(p.ID); err != nil {
@@ -229,7 +231,7 @@ func (d *Driver) tryAlloc(p *pool, mac string) (netip.Addr, bool, error) {
 	if !ok {
 		return netip.Addr{}, false, nil
 	}
-	if err := d.allocLocked(p, a, allocDynamic, mac); err != nil {
+	if err := d.allocLocked(p, a, allocDynamic); err != nil {
 		return netip.Addr{}, false, err
 	}
 	return a, true, nil

@@ -56,8 +56,7 @@ func TestRealClusterConcurrentAllocations(t *testing.T) {
 	})
 	var id string
 	for _, d := range drivers {
-		id = mustPool(t, d, "10.50.0.0/24", "", nil)
-		gatewayOf(t, d, id, "")
+		id = createNetwork(t, d, "10.50.0.0/24", "", nil, "")
 	}
 	var mu sync.Mutex
 	got := map[string]string{}

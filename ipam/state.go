@@ -35,6 +35,10 @@ type pool struct {
 	// an older vxovl shared among the networks of one definition.
 	Refs    int        `json:"refs"`
 	Gateway netip.Addr `json:"gateway,omitzero"`
+	// Creating: Docker has not yet asked the network driver to create the
+	// pool's network, so an explicit address requested now is one of the
+	// network's --aux-address, not an endpoint's --ip (see classify).
+	Creating bool `json:"creating,omitempty"`
 }
 
 // claim is a prefix this node owns: a block, a pin (--ip) or an aux
@@ -63,7 +67,6 @@ type allocation struct {
 	Subnet netip.Prefix `json:"subnet"`
 	Pool   string       `json:"pool"`
 	Kind   string       `json:"kind"`
-	MAC    string       `json:"mac,omitempty"`
 }
 
 // remoteClaim is another node's claim as learned from its records (or from
