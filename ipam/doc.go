@@ -84,7 +84,10 @@
 // passes to NetworkCreating first; endpoint addresses come only after it.
 // A pool is "creating" until then (or until an address is requested
 // without a name, which only an endpoint does), and an explicit address
-// for a creating pool is an aux address. The driver does not ask Docker
+// for a creating pool is an aux address. The plugin sees CreateNetwork of
+// vxovl networks only: a network of another driver that uses this IPAM
+// takes an --ip requested before its first dynamic address for an aux
+// address, reserved on this host only. The driver does not ask Docker
 // for endpoint MACs (RequiresMACAddress): Docker would then give every
 // endpoint a random MAC instead of letting the network driver derive a
 // stable one from the overlay and the address.
