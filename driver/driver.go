@@ -326,6 +326,10 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	}
 	ip = ip.To4()
 	resp := &network.CreateEndpointResponse{}
+	// Docker sets a MAC only for --mac-address: neither vxovl's IPAM nor
+	// Docker's default one asks for endpoint MACs (an IPAM that did would
+	// make Docker pick a random one). Every other endpoint gets the derived
+	// MAC, whichever IPAM handed out its address.
 	var mac net.HardwareAddr
 	if req.Interface.MacAddress != "" {
 		if mac, err = vxlan.ParseMAC(req.Interface.MacAddress); err != nil {
@@ -397,12 +401,13 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 
 // endpointMAC derives a locally administered unicast MAC from the overlay and
 // the endpoint's address, as Docker's own overlay derives it from the address.
+// Every endpoint started without --mac-address gets it, with either IPAM.
 // A container that comes back with its address (docker restart, a dockerd
-// restart, a host reboot) comes back with its MAC, so the ARP caches of the
-// containers that talk to it stay right and only the FDB entry (which VTEP)
-// changes, which vxovl reprograms from the cluster at once. A MAC that
-// changed with every new endpoint left peers sending to a MAC nobody had
-// until their ARP entry went stale: 30-50 s without replies.
+// restart, a host reboot, --ip on another host) comes back with its MAC, so
+// the ARP caches of the containers that talk to it stay right and only the
+// FDB entry (which VTEP) changes, which vxovl reprograms from the cluster at
+// once. A MAC that changed with every new endpoint left peers sending to a
+// MAC nobody had until their ARP entry went stale: 30-50 s without replies.
 func endpointMAC(vni uint32, ip net.IP) net.HardwareAddr {
 	sum := sha256.Sum256([]byte(fmt.Sprintf("vxovl/mac/%d/%s", vni, ip.To4())))
 	return net.HardwareAddr(append([]byte{0x02}, sum[:5]...))

@@ -2,6 +2,7 @@ package ipam
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net/netip"
@@ -55,17 +56,37 @@ type waiter struct {
 	ch     chan reply
 }
 
-// claimError is a claim round that did not succeed.
-type claimError struct{ reason string }
+// Why a claim round failed: the kind of a *claimError, for errors.Is.
+var (
+	errClaimConflict    = errors.New("conflicts with a claim this node knows of")
+	errClaimRefused     = errors.New("refused by a member")
+	errClaimYielded     = errors.New("yielded to a concurrent claim")
+	errClaimUnreachable = errors.New("a member could not be reached")
+	errClaimTimeout     = errors.New("a member did not answer in time")
+)
 
-func (e *claimError) Error() string { return e.reason }
+// claimError is a claim round that did not succeed: kind is one of the
+// errClaim* errors, text says what happened for people.
+type claimError struct {
+	kind error
+	text string
+}
 
-// peers are the members whose ACK a claim needs: everyone else we see that
-// is not known dead or gone.
+func (e *claimError) Error() string { return e.text }
+func (e *claimError) Unwrap() error { return e.kind }
+
+func claimFailed(kind error, format string, args ...any) error {
+	return &claimError{kind: kind, text: fmt.Sprintf(format, args...)}
+}
+
+// peers are the other live nodes: the ones whose ACK a claim needs and whose
+// claims are current rather than remembered. The cluster lists live members
+// only (memberlist drops a node that failed and shows no suspicion), so
+// being listed is being live.
 func (d *Driver) peers() map[string]bool {
 	out := map[string]bool{}
 	for _, m := range d.cl.Members() {
-		if m.Name != d.self && (m.State == "alive" || m.State == "suspect" || m.State == "") {
+		if m.Name != d.self {
 			out[m.Name] = true
 		}
 	}
@@ -79,7 +100,7 @@ func (d *Driver) claim(subnet, prefix netip.Prefix, pin bool) error {
 	if reason := d.localConflictLocked(prefix, pin); reason != "" {
 		d.mu.Unlock()
 		d.claimsLost.Add(1)
-		return &claimError{reason}
+		return claimFailed(errClaimConflict, "%s", reason)
 	}
 	ticket := rand.Uint64()
 	d.pending[prefix] = &pendingClaim{pin: pin, ticket: ticket}
@@ -135,9 +156,9 @@ func (d *Driver) claim(subnet, prefix netip.Prefix, pin bool) error {
 					delete(required, r.from) // it left: no longer a member to ask
 					continue
 				}
-				return &claimError{fmt.Sprintf("claim of %s: cannot reach node %s: %v", prefix, r.from, r.err)}
+				return claimFailed(errClaimUnreachable, "claim of %s: cannot reach node %s: %v", prefix, r.from, r.err)
 			case r.msg.Op == opNack:
-				return &claimError{fmt.Sprintf("claim of %s refused by node %s: %s", prefix, r.from, r.msg.Reason)}
+				return claimFailed(errClaimRefused, "claim of %s refused by node %s: %s", prefix, r.from, r.msg.Reason)
 			case r.msg.Op == opAck:
 				acked = append(acked, r)
 				delete(required, r.from)
@@ -155,15 +176,15 @@ func (d *Driver) claim(subnet, prefix netip.Prefix, pin bool) error {
 				names = append(names, n)
 			}
 			sort.Strings(names)
-			return &claimError{fmt.Sprintf("claim of %s: no answer within %s from %s (unreachable or partitioned?)",
-				prefix, d.cfg.ClaimTimeout, strings.Join(names, ", "))}
+			return claimFailed(errClaimTimeout, "claim of %s: no answer within %s from %s (unreachable or partitioned?)",
+				prefix, d.cfg.ClaimTimeout, strings.Join(names, ", "))
 		}
 	}
 
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if pc := d.pending[prefix]; pc != nil && pc.doomed != "" {
-		return &claimError{fmt.Sprintf("claim of %s yielded to a concurrent claim by node %s", prefix, pc.doomed)}
+		return claimFailed(errClaimYielded, "claim of %s yielded to a concurrent claim by node %s", prefix, pc.doomed)
 	}
 	now := time.Now()
 	for _, r := range acked {

@@ -17,8 +17,9 @@
 // To claim prefix P, node N
 //
 //  1. marks P pending (from now on N refuses every overlapping claim),
-//  2. sends ClaimRequest(P) to every member it currently sees (alive or
-//     suspect), and
+//  2. sends ClaimRequest(P) to every other member it currently sees (the
+//     cluster lists a node until memberlist declares it dead, so one that
+//     is merely suspected is still asked), and
 //  3. owns P only when every one of them has answered ACK; a member that
 //     leaves the membership during the wait is no longer required, a NACK
 //     or the timeout (Config.ClaimTimeout) aborts the claim.
@@ -67,13 +68,27 @@
 //
 // # Docker specifics
 //
-// PoolIDs are derived from the subnet, --ip-range and block size, so they
-// are equal on every host. The gateway is not a cluster allocation: it is
-// the explicit --gateway or the subnet's first host address, identical
-// everywhere, and never handed out. The driver asks Docker for MAC
-// addresses (RequiresMACAddress) because that is what tells an endpoint's
-// explicit --ip (request carries the MAC option) apart from a network's
-// --aux-address (no options): the first is claimed exclusively as a pin,
-// the second is a reservation every host makes for itself and that nobody
-// allocates.
+// Every network gets a pool of its own, named after the subnet, --ip-range
+// and block size (with #2, #3... for further networks of the same
+// definition on one host); networks of one subnet share its addresses and
+// blocks. The gateway is not a cluster allocation: it is the explicit
+// --gateway or the subnet's first host address, identical everywhere, and
+// no pool of the subnet hands it out.
+//
+// An endpoint's explicit --ip is claimed exclusively as a pin; a network's
+// --aux-address is a reservation every host makes for itself and that
+// nobody allocates. Docker sends both alike (an address, no options), so
+// the driver tells them apart by when they come: Docker requests a
+// network's pool, gateway and aux addresses in a row and then asks the
+// network driver to create the network, whose CreateNetwork the plugin
+// passes to NetworkCreating first; endpoint addresses come only after it.
+// A pool is "creating" until then (or until an address is requested
+// without a name, which only an endpoint does), and an explicit address
+// for a creating pool is an aux address. The plugin sees CreateNetwork of
+// vxovl networks only: a network of another driver that uses this IPAM
+// takes an --ip requested before its first dynamic address for an aux
+// address, reserved on this host only. The driver does not ask Docker
+// for endpoint MACs (RequiresMACAddress): Docker would then give every
+// endpoint a random MAC instead of letting the network driver derive a
+// stable one from the overlay and the address.
 package ipam

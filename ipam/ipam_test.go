@@ -7,18 +7,18 @@ import (
 	"log/slog"
 	"net/netip"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/ipam"
+	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/vxovl/vxovl/internal/store"
 	"github.com/vxovl/vxovl/internal/testutil/poll"
 )
-
-const testMAC = "02:42:0a:32:00:07"
 
 // tlog forwards warnings and errors to the test log.
 type tlog struct {
@@ -99,7 +99,7 @@ func gatewayOf(t *testing.T, d *Driver, id, want string) string {
 }
 
 func alloc(d *Driver, id, addr string) (string, error) {
-	r, err := d.RequestAddress(&ipam.RequestAddressRequest{PoolID: id, Address: addr, Options: map[string]string{optMAC: testMAC}})
+	r, err := d.RequestAddress(&ipam.RequestAddressRequest{PoolID: id, Address: addr})
 	if err != nil {
 		return "", err
 	}
@@ -115,18 +115,38 @@ func mustAlloc(t *testing.T, d *Driver, id, addr string) string {
 	return a
 }
 
-// network creates the pool and gateway on every node, as `docker network
-// create` on every host does.
-func network(t *testing.T, nodes []*testNode, subnet, rng string, opts map[string]string) string {
+// createNetwork does on d what `docker network create --ipam-driver vxovl`
+// does: request the pool, its gateway (gw, or the default one when "") and
+// its aux addresses, then tell the IPAM that the network driver is asked
+// to create the network. It returns the pool ID.
+func createNetwork(t *testing.T, d *Driver, subnet, rng string, opts map[string]string, gw string, aux ...string) string {
+	t.Helper()
+	id := mustPool(t, d, subnet, rng, opts)
+	data := &network.IPAMData{AddressSpace: addressSpaceName, Pool: subnet, Gateway: gatewayOf(t, d, id, gw), AuxAddresses: map[string]any{}}
+	for i, a := range aux {
+		r, err := d.RequestAddress(&ipam.RequestAddressRequest{PoolID: id, Address: a})
+		if err != nil {
+			t.Fatalf("%s: --aux-address %s: %v", d.self, a, err)
+		}
+		data.AuxAddresses[fmt.Sprintf("aux%d", i)] = r.Address
+	}
+	if err := d.NetworkCreating(&network.CreateNetworkRequest{NetworkID: "net-" + id, IPv4Data: []*network.IPAMData{data}}); err != nil {
+		t.Fatalf("%s: NetworkCreating: %v", d.self, err)
+	}
+	return id
+}
+
+// networkOnAll creates the network on every node, as `docker network
+// create` on every host does, and returns its pool ID (the same on all).
+func networkOnAll(t *testing.T, nodes []*testNode, subnet, rng string, opts map[string]string, aux ...string) string {
 	t.Helper()
 	var id string
 	for _, nd := range nodes {
-		got := mustPool(t, nd.d, subnet, rng, opts)
+		got := createNetwork(t, nd.d, subnet, rng, opts, "", aux...)
 		if id != "" && got != id {
 			t.Fatalf("pool IDs differ between hosts: %q vs %q", id, got)
 		}
 		id = got
-		gatewayOf(t, nd.d, id, "")
 	}
 	return id
 }
@@ -177,8 +197,9 @@ func TestSingleNode(t *testing.T) {
 		t.Fatalf("40 addresses in /28 blocks should take 3 blocks, node holds %d", got)
 	}
 	caps, _ := nd.d.GetCapabilities()
-	if !caps.RequiresMACAddress {
-		t.Fatal("the driver must ask Docker for MACs to tell --ip from --aux-address")
+	if caps.RequiresMACAddress {
+		t.Fatal("the driver asks Docker for endpoint MACs: Docker then gives every endpoint a random MAC, " +
+			"not the stable one the network driver derives")
 	}
 }
 
@@ -228,8 +249,7 @@ func TestBadInput(t *testing.T) {
 	if _, err := d.RequestPool(nil); err == nil {
 		t.Error("nil RequestPool accepted")
 	}
-	id := mustPool(t, d, "10.50.0.0/24", "", nil)
-	gatewayOf(t, d, id, "")
+	id := createNetwork(t, d, "10.50.0.0/24", "", nil, "")
 	for _, tc := range []struct {
 		name       string
 		pool, addr string
@@ -330,7 +350,7 @@ func TestConcurrentClaimsOfOneBlock(t *testing.T) {
 					mu.Lock()
 					winners = append(winners, nd.name)
 					mu.Unlock()
-				} else if !strings.Contains(err.Error(), "refused") && !strings.Contains(err.Error(), "holds") && !strings.Contains(err.Error(), "yielded") {
+				} else if !errors.Is(err, errClaimConflict) && !errors.Is(err, errClaimRefused) && !errors.Is(err, errClaimYielded) {
 					t.Errorf("round %d: %s: unexpected claim error: %v", round, nd.name, err)
 				}
 			})
@@ -356,7 +376,7 @@ func TestConcurrentClaimsOfOneBlock(t *testing.T) {
 
 func TestConcurrentAllocations(t *testing.T) {
 	_, nodes := cluster3(t, Config{})
-	id := network(t, nodes, "10.50.0.0/24", "", nil)
+	id := networkOnAll(t, nodes, "10.50.0.0/24", "", nil)
 	var mu sync.Mutex
 	got := map[string]string{}
 	var wg sync.WaitGroup
@@ -418,14 +438,8 @@ func TestConcurrentAllocations(t *testing.T) {
 func TestExplicitAndAux(t *testing.T) {
 	n, nodes := cluster3(t, Config{ClaimTimeout: time.Second})
 	h1, h2 := nodes[0].d, nodes[1].d
-	id := network(t, nodes, "10.50.0.0/24", "", nil)
 	// The same --aux-address is reserved on every host.
-	for _, nd := range nodes {
-		r, err := nd.d.RequestAddress(&ipam.RequestAddressRequest{PoolID: id, Address: "10.50.0.250"})
-		if err != nil || r.Address != "10.50.0.250/24" {
-			t.Fatalf("%s: aux address: %v %v", nd.name, r, err)
-		}
-	}
+	id := networkOnAll(t, nodes, "10.50.0.0/24", "", nil, "10.50.0.250")
 	// A pin in a free block.
 	if a := mustAlloc(t, h1, id, "10.50.0.200"); a != "10.50.0.200/24" {
 		t.Fatalf("explicit address came back as %s", a)
@@ -495,7 +509,7 @@ func TestExplicitAndAux(t *testing.T) {
 func TestConcurrentPins(t *testing.T) {
 	for round := range 20 {
 		_, nodes := cluster3(t, Config{ClaimTimeout: time.Second})
-		id := network(t, nodes, "10.50.0.0/24", "", nil)
+		id := networkOnAll(t, nodes, "10.50.0.0/24", "", nil)
 		var mu sync.Mutex
 		ok := 0
 		var wg sync.WaitGroup
@@ -518,7 +532,7 @@ func TestConcurrentPins(t *testing.T) {
 func TestReleaseReturnsBlocks(t *testing.T) {
 	n, nodes := cluster3(t, Config{})
 	h1 := nodes[0].d
-	id := network(t, nodes, "10.50.0.0/24", "", nil)
+	id := networkOnAll(t, nodes, "10.50.0.0/24", "", nil)
 	var addrs []string
 	for range 40 {
 		addrs = append(addrs, mustAlloc(t, h1, id, ""))
@@ -579,20 +593,101 @@ func TestReleaseReturnsBlocks(t *testing.T) {
 	}
 }
 
-func TestPoolRefcount(t *testing.T) {
+// TestSameSubnetTwoGateways: two networks on one host with the same
+// --subnet and different gateways each keep their own gateway, and neither
+// is handed out, also after the other network is removed.
+func TestSameSubnetTwoGateways(t *testing.T) {
 	n := newFakeNet(t)
 	d := startNode(t, n, "h1", filepath.Join(t.TempDir(), "state.db"), Config{}).d
-	id := mustPool(t, d, "10.50.0.0/24", "", nil)
-	mustPool(t, d, "10.50.0.0/24", "", nil)
-	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id}); err != nil {
+	a := mustPool(t, d, "10.50.0.0/28", "", nil)
+	if gw := gatewayOf(t, d, a, ""); gw != "10.50.0.1/28" {
+		t.Fatalf("first network's gateway %s, want 10.50.0.1/28", gw)
+	}
+	b := mustPool(t, d, "10.50.0.0/28", "", nil)
+	if gw := gatewayOf(t, d, b, "10.50.0.14"); gw != "10.50.0.14/28" {
+		t.Fatalf("second network's gateway %s, want 10.50.0.14/28", gw)
+	}
+	drain := func(id string) []string {
+		var got []string
+		for {
+			r, err := alloc(d, id, "")
+			if errors.Is(err, ErrExhausted) {
+				return got
+			}
+			if err != nil {
+				t.Fatalf("pool %s: %v", id, err)
+			}
+			got = append(got, r)
+		}
+	}
+	got := append(drain(a), drain(b)...)
+	for _, r := range got {
+		if r == "10.50.0.1/28" || r == "10.50.0.14/28" {
+			t.Fatalf("gateway %s handed out to a container: %v", r, got)
+		}
+	}
+	if len(got) != 12 {
+		t.Fatalf("%d addresses handed out, want the 12 that are not gateways: %v", len(got), got)
+	}
+	// Removing the second network frees its gateway, never the first's.
+	for _, r := range got {
+		if err := d.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: a, Address: r}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := d.ReleaseAddress(&ipam.ReleaseAddressRequest{PoolID: b, Address: "10.50.0.14"}); err != nil {
 		t.Fatal(err)
 	}
-	mustAlloc(t, d, id, "") // still referenced by the second network
-	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id}); err != nil {
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: b}); err != nil {
 		t.Fatal(err)
 	}
-	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: id}); err == nil {
-		t.Fatal("third ReleasePool of a pool requested twice succeeded")
+	got = drain(a)
+	if len(got) != 13 || slices.Contains(got, "10.50.0.1/28") {
+		t.Fatalf("after removing the second network: %v, want 13 addresses without the first's gateway 10.50.0.1", got)
+	}
+}
+
+// TestPoolPerNetwork: every network gets its own pool; a pool an older
+// vxovl shared between two networks lasts until both released it.
+func TestPoolPerNetwork(t *testing.T) {
+	n := newFakeNet(t)
+	path := filepath.Join(t.TempDir(), "state.db")
+	st := openStore(t, path)
+	subnet := netip.MustParsePrefix("10.60.0.0/24")
+	shared := pool{ID: "vxovl:10.60.0.0/24", Subnet: subnet, Range: subnet, BlockBits: 4, Refs: 2}
+	if err := st.Put(bucketPools, shared.ID, shared); err != nil {
+		t.Fatal(err)
+	}
+	st.Close()
+	d := startNode(t, n, "h1", path, Config{}).d
+
+	a := mustPool(t, d, "10.50.0.0/24", "", nil)
+	b := mustPool(t, d, "10.50.0.0/24", "", nil)
+	c := mustPool(t, d, "10.50.0.0/24", "", nil)
+	if a != "vxovl:10.50.0.0/24" || b != a+"#2" || c != a+"#3" {
+		t.Fatalf("pool IDs %q %q %q, want the definition, then #2 and #3", a, b, c)
+	}
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: b}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: b}); err == nil {
+		t.Fatal("second ReleasePool of a network's pool succeeded")
+	}
+	mustAlloc(t, d, a, "") // the other networks keep theirs
+	mustAlloc(t, d, c, "")
+	if got := mustPool(t, d, "10.50.0.0/24", "", nil); got != b {
+		t.Fatalf("a new network got pool %q, want the free %q", got, b)
+	}
+
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: shared.ID}); err != nil {
+		t.Fatal(err)
+	}
+	mustAlloc(t, d, shared.ID, "") // still used by the second network
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: shared.ID}); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.ReleasePool(&ipam.ReleasePoolRequest{PoolID: shared.ID}); err == nil {
+		t.Fatal("third ReleasePool of a pool shared by two networks succeeded")
 	}
 }
 
@@ -601,7 +696,7 @@ func TestRestartKeepsAllocations(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state.db")
 	h1 := startNode(t, n, "h1", path, Config{})
 	h2 := startNode(t, n, "h2", filepath.Join(t.TempDir(), "state.db"), Config{})
-	id := network(t, []*testNode{h1, h2}, "10.50.0.0/24", "", nil)
+	id := networkOnAll(t, []*testNode{h1, h2}, "10.50.0.0/24", "", nil)
 	var before []string
 	for range 5 {
 		before = append(before, mustAlloc(t, h1.d, id, ""))
@@ -654,7 +749,7 @@ func TestPartition(t *testing.T) {
 	n, nodes := cluster3(t, Config{ClaimTimeout: 300 * time.Millisecond, AllocateTimeout: 2 * time.Second})
 	h1, h2, h3 := nodes[0].d, nodes[1].d, nodes[2].d
 	// /27 with blocks of 4: 8 blocks.
-	id := network(t, nodes, "10.50.0.0/27", "", map[string]string{optBlockSize: "2"})
+	id := networkOnAll(t, nodes, "10.50.0.0/27", "", map[string]string{optBlockSize: "2"})
 	a1 := addrOf(t, mustAlloc(t, h1, id, ""))
 	a2 := addrOf(t, mustAlloc(t, h2, id, ""))
 	b1, b2 := blockOf(a1, 2), blockOf(a2, 2)
@@ -733,7 +828,7 @@ func TestPartition(t *testing.T) {
 func TestUnreachableMember(t *testing.T) {
 	n, nodes := cluster3(t, Config{ClaimTimeout: 200 * time.Millisecond, AllocateTimeout: 500 * time.Millisecond})
 	h1 := nodes[0].d
-	id := network(t, nodes, "10.50.0.0/24", "", nil)
+	id := networkOnAll(t, nodes, "10.50.0.0/24", "", nil)
 	blk := blockOf(addrOf(t, mustAlloc(t, h1, id, "")), 4)
 	h1.mu.Lock()
 	free := 0
@@ -750,7 +845,7 @@ func TestUnreachableMember(t *testing.T) {
 		}
 	}
 	_, err := alloc(h1, id, "")
-	if err == nil || !errors.Is(err, ErrExhausted) || !strings.Contains(err.Error(), "h3") {
+	if err == nil || !errors.Is(err, ErrExhausted) || !errors.Is(err, errClaimTimeout) || !strings.Contains(err.Error(), "h3") {
 		t.Fatalf("want a clear exhaustion error naming the silent node h3, got %v", err)
 	}
 	t.Logf("error: %v", err)
@@ -764,7 +859,7 @@ func TestUnreachableMember(t *testing.T) {
 func TestReleasedBlockForgottenInQuietCluster(t *testing.T) {
 	_, nodes := cluster3(t, Config{ReleaseGrace: 200 * time.Millisecond})
 	h1, h2 := nodes[0].d, nodes[1].d
-	id := network(t, nodes, "10.50.0.0/24", "", map[string]string{optBlockSize: "2"})
+	id := networkOnAll(t, nodes, "10.50.0.0/24", "", map[string]string{optBlockSize: "2"})
 	var addrs []string
 	for range 6 { // blocks of 4 (3 usable in the first): at least two blocks
 		addrs = append(addrs, mustAlloc(t, h1, id, ""))
@@ -798,7 +893,7 @@ func TestReleasedBlockForgottenInQuietCluster(t *testing.T) {
 // so nothing touches the store the plugin closes next.
 func TestCloseStopsRefresh(t *testing.T) {
 	_, nodes := cluster3(t, Config{})
-	id := network(t, nodes, "10.51.0.0/24", "", nil)
+	id := networkOnAll(t, nodes, "10.51.0.0/24", "", nil)
 	nodes[0].d.Close()
 	mustAlloc(t, nodes[1].d, id, "")
 	nodes[0].d.Refresh()
@@ -817,4 +912,127 @@ func TestCloseStopsRefresh(t *testing.T) {
 		defer nodes[2].d.mu.Unlock()
 		return len(nodes[2].d.known) > 0
 	})
+}
+
+func TestClassify(t *testing.T) {
+	gw := map[string]string{optAddressType: addressTypeGateway}
+	for _, tc := range []struct {
+		name     string
+		req      ipam.RequestAddressRequest
+		creating bool
+		want     requestKind
+	}{
+		{"default gateway", ipam.RequestAddressRequest{Options: gw}, true, reqGateway},
+		{"--gateway", ipam.RequestAddressRequest{Address: "10.50.0.254", Options: gw}, true, reqGateway},
+		{"--aux-address while the network is created", ipam.RequestAddressRequest{Address: "10.50.0.9"}, true, reqAux},
+		{"--ip of an endpoint", ipam.RequestAddressRequest{Address: "10.50.0.9"}, false, reqExplicit},
+		{"--ip with options (newer Docker)", ipam.RequestAddressRequest{Address: "10.50.0.9", Options: map[string]string{"com.docker.network.endpoint.name": "c"}}, false, reqExplicit},
+		{"endpoint", ipam.RequestAddressRequest{}, false, reqDynamic},
+		{"endpoint, blank address", ipam.RequestAddressRequest{Address: " "}, false, reqDynamic},
+		{"endpoint of a network made by another driver", ipam.RequestAddressRequest{}, true, reqDynamic},
+	} {
+		if got := classify(&tc.req, tc.creating); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestNetworkPool(t *testing.T) {
+	a := netip.MustParseAddr
+	gw1, gw2 := a("10.50.0.1"), a("10.50.0.254")
+	two := []poolCandidate{
+		{id: "vxovl:10.50.0.0/24", gateway: gw1, aux: []netip.Addr{a("10.50.0.9"), a("10.50.0.8")}},
+		{id: "vxovl:10.50.0.0/24#2", gateway: gw2},
+	}
+	for _, tc := range []struct {
+		name   string
+		cands  []poolCandidate
+		gw     netip.Addr
+		aux    []netip.Addr
+		want   string
+		wantOK bool
+	}{
+		{"none being created", nil, gw1, nil, "", false},
+		{"the only one", two[1:], gw1, nil, "vxovl:10.50.0.0/24#2", true},
+		{"by gateway", two, gw2, nil, "vxovl:10.50.0.0/24#2", true},
+		{"by gateway and aux, in any order", two, gw1, []netip.Addr{a("10.50.0.8"), a("10.50.0.9")}, "vxovl:10.50.0.0/24", true},
+		{"aux differ: first by ID", two, gw1, []netip.Addr{a("10.50.0.8")}, "vxovl:10.50.0.0/24", true},
+		{"no match: first by ID", []poolCandidate{two[1], two[0]}, a("10.50.0.2"), nil, "vxovl:10.50.0.0/24", true},
+	} {
+		got, ok := networkPool(slices.Clone(tc.cands), tc.gw, tc.aux)
+		if got != tc.want || ok != tc.wantOK {
+			t.Errorf("%s: %q %v, want %q %v", tc.name, got, ok, tc.want, tc.wantOK)
+		}
+	}
+}
+
+// TestAuxAndPinWithoutMAC follows Docker 20.10's calls, which carry no
+// option that tells a network's --aux-address from an endpoint's --ip: an
+// address requested before the network driver is asked to create the
+// network is reserved on every host, one requested after is pinned
+// cluster-wide.
+func TestAuxAndPinWithoutMAC(t *testing.T) {
+	_, nodes := cluster3(t, Config{ClaimTimeout: time.Second})
+	h1, h2, h3 := nodes[0].d, nodes[1].d, nodes[2].d
+	// Every host reserves the network's aux address for itself.
+	id := networkOnAll(t, nodes[:2], "10.50.0.0/24", "", nil, "10.50.0.250")
+	for _, d := range []*Driver{h1, h2} {
+		d.mu.Lock()
+		c := d.owned[netip.MustParsePrefix("10.50.0.250/32")]
+		d.mu.Unlock()
+		if c == nil || !c.Aux {
+			t.Fatalf("%s: aux address reserved as %+v, want an aux claim", d.self, c)
+		}
+	}
+	// After the network exists, the same kind of request is an --ip.
+	if a := mustAlloc(t, h1, id, "10.50.0.200"); a != "10.50.0.200/24" {
+		t.Fatalf("--ip came back as %s", a)
+	}
+	h1.mu.Lock()
+	c := h1.owned[netip.MustParsePrefix("10.50.0.200/32")]
+	h1.mu.Unlock()
+	if c == nil || !c.Pin {
+		t.Fatalf("--ip reserved as %+v, want a pin", c)
+	}
+	if _, err := alloc(h2, id, "10.50.0.200"); err == nil {
+		t.Fatal("a second host got the same --ip")
+	}
+	if _, err := alloc(h1, id, "10.50.0.250"); err == nil || !strings.Contains(err.Error(), "in use on this host") {
+		t.Fatalf("--ip equal to the aux address: %v", err)
+	}
+	// Network driver other than vxovl's: the first address requested
+	// without a name proves the network exists.
+	id3 := mustPool(t, h3, "10.50.0.0/24", "", nil)
+	gatewayOf(t, h3, id3, "")
+	mustAlloc(t, h3, id3, "")
+	if _, err := alloc(h3, id3, "10.50.0.200"); err == nil {
+		t.Fatal("h3 took h1's --ip as an aux address")
+	}
+	// Two networks of one subnet created at once: the CreateNetwork of one
+	// ends the creation of its own pool only.
+	x := mustPool(t, h3, "10.70.0.0/24", "", nil)
+	gatewayOf(t, h3, x, "")
+	y := mustPool(t, h3, "10.70.0.0/24", "", nil)
+	gwY := gatewayOf(t, h3, y, "10.70.0.254")
+	if err := h3.NetworkCreating(&network.CreateNetworkRequest{NetworkID: "y", IPv4Data: []*network.IPAMData{
+		{AddressSpace: addressSpaceName, Pool: "10.70.0.0/24", Gateway: gwY}}}); err != nil {
+		t.Fatal(err)
+	}
+	h3.mu.Lock()
+	xCreating, yCreating := h3.pools[x].Creating, h3.pools[y].Creating
+	h3.mu.Unlock()
+	if !xCreating || yCreating {
+		t.Fatalf("after y's CreateNetwork: x creating %v, y creating %v; want true, false", xCreating, yCreating)
+	}
+	// A network of another IPAM with the same subnet ends nothing.
+	if err := h3.NetworkCreating(&network.CreateNetworkRequest{NetworkID: "z", IPv4Data: []*network.IPAMData{
+		{AddressSpace: "LocalDefault", Pool: "10.70.0.0/24", Gateway: "10.70.0.1/24"}}}); err != nil {
+		t.Fatal(err)
+	}
+	h3.mu.Lock()
+	xCreating = h3.pools[x].Creating
+	h3.mu.Unlock()
+	if !xCreating {
+		t.Fatal("another IPAM's network ended the creation of a vxovl pool")
+	}
 }

@@ -10,12 +10,7 @@ import (
 // knows, forgets released and orphaned claims, and reports conflicts. It
 // runs on every record change; the plugin may also call it periodically.
 func (d *Driver) Refresh() {
-	alive := map[string]bool{}
-	for _, m := range d.cl.Members() {
-		if m.State == "alive" || m.State == "suspect" || m.State == "" {
-			alive[m.Name] = true
-		}
-	}
+	alive := d.peers()
 	now := time.Now()
 	seen := map[knownKey]bool{}
 	var fresh []remoteClaim

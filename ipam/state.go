@@ -23,15 +23,22 @@ const (
 	bucketKnown  = "ipam-known"
 )
 
-// pool is one RequestPool result; several Docker networks with the same
-// subnet and options share it (Refs).
+// pool is one RequestPool result: one Docker network's address
+// configuration on this host. Its allocations and blocks belong to the
+// subnet, which several pools may share.
 type pool struct {
 	ID        string       `json:"id"`
 	Subnet    netip.Prefix `json:"subnet"`
 	Range     netip.Prefix `json:"range"`
 	BlockBits int          `json:"block_bits"`
-	Refs      int          `json:"refs"`
-	Gateway   netip.Addr   `json:"gateway,omitzero"`
+	// Refs is the number of networks using the pool: 1, except for a pool
+	// an older vxovl shared among the networks of one definition.
+	Refs    int        `json:"refs"`
+	Gateway netip.Addr `json:"gateway,omitzero"`
+	// Creating: Docker has not yet asked the network driver to create the
+	// pool's network, so an explicit address requested now is one of the
+	// network's --aux-address, not an endpoint's --ip (see classify).
+	Creating bool `json:"creating,omitempty"`
 }
 
 // claim is a prefix this node owns: a block, a pin (--ip) or an aux
@@ -60,7 +67,6 @@ type allocation struct {
 	Subnet netip.Prefix `json:"subnet"`
 	Pool   string       `json:"pool"`
 	Kind   string       `json:"kind"`
-	MAC    string       `json:"mac,omitempty"`
 }
 
 // remoteClaim is another node's claim as learned from its records (or from

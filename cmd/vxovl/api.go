@@ -34,7 +34,16 @@ type handler struct {
 	log *slog.Logger
 }
 
-func newAPI(nd network.Driver, ipd ipam.Ipam, log *slog.Logger) *handler {
+// ipamDriver is the IPAM protocol plus what vxovl's IPAM must hear from the
+// network side: Docker sends a network's --aux-address and an endpoint's
+// --ip alike, and only the network's CreateNetwork, which comes between
+// them, tells them apart (see ipam.Driver.NetworkCreating).
+type ipamDriver interface {
+	ipam.Ipam
+	NetworkCreating(*network.CreateNetworkRequest) error
+}
+
+func newAPI(nd network.Driver, ipd ipamDriver, log *slog.Logger) *handler {
 	h := &handler{mux: http.NewServeMux(), log: log}
 	implements := []string{"NetworkDriver"}
 	if ipd != nil {
@@ -45,7 +54,14 @@ func newAPI(nd network.Driver, ipd ipam.Ipam, log *slog.Logger) *handler {
 	})
 
 	route(h, "/NetworkDriver.GetCapabilities", func(*struct{}) (any, error) { return nd.GetCapabilities() })
-	route(h, "/NetworkDriver.CreateNetwork", noResult(nd.CreateNetwork))
+	route(h, "/NetworkDriver.CreateNetwork", noResult(func(r *network.CreateNetworkRequest) error {
+		if ipd != nil {
+			if err := ipd.NetworkCreating(r); err != nil {
+				return err
+			}
+		}
+		return nd.CreateNetwork(r)
+	}))
 	route(h, "/NetworkDriver.AllocateNetwork", withResult(nd.AllocateNetwork))
 	route(h, "/NetworkDriver.DeleteNetwork", noResult(nd.DeleteNetwork))
 	route(h, "/NetworkDriver.FreeNetwork", noResult(nd.FreeNetwork))

@@ -6,9 +6,11 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"testing"
 
+	"github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
 )
 
@@ -88,8 +90,52 @@ func TestFailingAPIExplains(t *testing.T) {
 	if code, _ := call(t, srv, "/NetworkDriver.GetCapabilities", ""); code != 200 {
 		t.Fatal("capabilities must work so dockerd keeps the plugin")
 	}
+	if code, out := call(t, srv, "/IpamDriver.GetCapabilities", ""); code != 200 || out["RequiresMACAddress"] != false {
+		t.Fatalf("IPAM capabilities must be the working IPAM's (no MAC): %d %v", code, out)
+	}
 	code, out := call(t, srv, "/NetworkDriver.CreateNetwork", `{"NetworkID":"n1"}`)
 	if code != 500 || !strings.Contains(out["Err"].(string), "mv it aside") {
 		t.Fatalf("failing API: %d %v", code, out)
+	}
+}
+
+// recordingIPAM and recordingDriver log the CreateNetwork calls they see.
+type recordingIPAM struct {
+	ipam.Ipam
+	calls *[]string
+}
+
+func (r recordingIPAM) NetworkCreating(req *network.CreateNetworkRequest) error {
+	*r.calls = append(*r.calls, "ipam "+req.NetworkID)
+	if req.NetworkID == "refused" {
+		return errString("the IPAM refuses")
+	}
+	return nil
+}
+
+type recordingDriver struct {
+	stubDriver
+	calls *[]string
+}
+
+func (r recordingDriver) CreateNetwork(req *network.CreateNetworkRequest) error {
+	*r.calls = append(*r.calls, "driver "+req.NetworkID)
+	return nil
+}
+
+// The IPAM hears of a CreateNetwork before the network driver: it is what
+// tells a network's --aux-address from an endpoint's --ip.
+func TestCreateNetworkTellsIPAMFirst(t *testing.T) {
+	var calls []string
+	srv := httptest.NewServer(newAPI(recordingDriver{calls: &calls}, recordingIPAM{calls: &calls}, slog.New(slog.DiscardHandler)))
+	defer srv.Close()
+	if code, out := call(t, srv, "/NetworkDriver.CreateNetwork", `{"NetworkID":"n1"}`); code != 200 {
+		t.Fatalf("create: %d %v", code, out)
+	}
+	if code, out := call(t, srv, "/NetworkDriver.CreateNetwork", `{"NetworkID":"refused"}`); code != 500 || out["Err"] != "the IPAM refuses" {
+		t.Fatalf("create refused by the IPAM: %d %v", code, out)
+	}
+	if want := []string{"ipam n1", "driver n1", "ipam refused"}; !slices.Equal(calls, want) {
+		t.Fatalf("calls %v, want %v", calls, want)
 	}
 }

@@ -282,7 +282,7 @@ func failingAPI(err error) http.Handler {
 		writeJSON(w, http.StatusOK, map[string]string{"Scope": "local", "ConnectivityScope": "global"})
 	})
 	mux.HandleFunc("/IpamDriver.GetCapabilities", func(w http.ResponseWriter, r *http.Request) {
-		writeJSON(w, http.StatusOK, map[string]bool{"RequiresMACAddress": true})
+		writeJSON(w, http.StatusOK, vxipam.Capabilities())
 	})
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusInternalServerError, apiError{Err: msg})

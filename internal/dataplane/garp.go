@@ -9,12 +9,16 @@ import (
 )
 
 // announcePeers sends one gratuitous ARP per peer out of the overlay's bridge, to the local
-// containers only. A container restarted elsewhere keeps its address but gets a new endpoint
-// and so a new MAC; the containers here still have the old MAC in their ARP caches (REACHABLE
-// for up to 45 s, then 5 s of delay and probes) and would talk into the void until that
-// expires. A gratuitous ARP overrides an existing cache entry at once (and completes a pending
-// one); it creates none, so it costs nothing for containers that never talked to the peer.
-// The frames do not leave the host: vxlan0 answers ARP itself (proxy) and never forwards it.
+// containers only, for the remote addresses just added or given a new MAC. It matters when the
+// MAC behind an address changed. The driver derives an endpoint's MAC from its overlay and
+// address, so a container that comes back with its address has its old MAC; the MAC changes
+// only when --mac-address is involved (the old or the new container was started with it) or
+// the old endpoint had a random MAC from Docker (made before vxovl's IPAM stopped asking for
+// MACs). The containers here then still have the old MAC in their ARP caches (REACHABLE for
+// up to 45 s, then 5 s of delay and probes) and would talk into the void until that expires.
+// A gratuitous ARP overrides an existing cache entry at once (and completes a pending one);
+// it creates none, so it costs nothing for containers that never talked to the peer. The
+// frames do not leave the host: vxlan0 answers ARP itself (proxy) and never forwards it.
 func announcePeers(nsPath string, bridgeIndex int, peers []Peer) error {
 	if len(peers) == 0 {
 		return nil
