@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"sync"
 
@@ -140,14 +141,56 @@ func (f *fakeDataplane) SyncPeers(vni uint32, peers []dataplane.Peer, flood []ne
 	if err := dataplane.CheckPeers(peers, flood); err != nil {
 		return dataplane.SyncResult{}, err
 	}
+	// Count per entry, as the kernel dataplane does, so that tests can tell
+	// how many entries a sync put back.
 	var res dataplane.SyncResult
-	if !samePeers(f.peers[vni], peers) {
-		res.NeighAdded = len(peers)
-		res.NeighRemoved = len(f.peers[vni])
-	}
+	res.NeighAdded, res.NeighRemoved = diffSets(neighEntries(f.peers[vni]), neighEntries(peers))
+	res.FDBAdded, res.FDBRemoved = diffSets(fdbEntries(f.peers[vni], f.flood[vni]), fdbEntries(peers, flood))
 	f.peers[vni] = append([]dataplane.Peer(nil), peers...)
 	f.flood[vni] = append([]net.IP(nil), flood...)
 	return res, nil
+}
+
+func neighEntries(peers []dataplane.Peer) map[string]bool {
+	set := map[string]bool{}
+	for _, p := range peers {
+		set[p.IP.String()+" lladdr "+p.MAC.String()] = true
+	}
+	return set
+}
+
+func fdbEntries(peers []dataplane.Peer, flood []net.IP) map[string]bool {
+	set := map[string]bool{}
+	for _, p := range peers {
+		set[p.MAC.String()+" dst "+p.VTEP.String()] = true
+	}
+	for _, v := range flood {
+		set["00:00:00:00:00:00 dst "+v.String()] = true
+	}
+	return set
+}
+
+// diffSets counts what going from have to want adds and removes.
+func diffSets(have, want map[string]bool) (added, removed int) {
+	for k := range want {
+		if !have[k] {
+			added++
+		}
+	}
+	for k := range have {
+		if !want[k] {
+			removed++
+		}
+	}
+	return added, removed
+}
+
+// damage removes the peers with the given IPs and their FDB entries from
+// vni's tables, as someone running `ip neigh del` and `bridge fdb del` would.
+func (f *fakeDataplane) damage(vni uint32, ips ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.peers[vni] = slices.DeleteFunc(f.peers[vni], func(p dataplane.Peer) bool { return slices.Contains(ips, p.IP.String()) })
 }
 
 func (f *fakeDataplane) peerIPs(vni uint32) []string {
