@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sort"
 	"sync"
 	"time"
 
@@ -146,6 +145,15 @@ type endpoint struct {
 	endpointRecord
 	ip  net.IP
 	mac net.HardwareAddr
+}
+
+// localEndpoints lists o's endpoints as the peer policy sees them.
+func (o *overlay) localEndpoints() []localEndpoint {
+	out := make([]localEndpoint, 0, len(o.endpoints))
+	for _, ep := range o.endpoints {
+		out = append(out, localEndpoint{ID: ep.ID, IP: ep.ip, MAC: ep.mac})
+	}
+	return out
 }
 
 // clusterNetwork is the definition of o that the cluster compares across hosts.
@@ -548,82 +556,32 @@ func (d *Driver) Stats() Stats {
 	return s
 }
 
-// desiredPeers is what vni's static tables should hold: every remote endpoint
-// the cluster knows, minus any that clashes (never silently programmed:
-// counted and logged once), plus, during the restore grace period, what was
-// programmed before the restart. A remote endpoint clashes when it claims a
-// local endpoint's address or MAC, or a MAC that a newer remote endpoint
-// behind another VTEP has (the kernel's FDB can send a MAC to one VTEP only;
-// two containers started with the same --mac-address on two hosts must not
-// stall the whole network's table).
+// desiredPeers is what o's static tables should hold (see planPeers); it
+// counts and logs the conflicts found since the previous plan.
 func (d *Driver) desiredPeers(o *overlay) (peers []dataplane.Peer, flood []net.IP) {
-	localIP, localMAC := map[string]string{}, map[string]string{}
-	for _, ep := range o.endpoints {
-		localIP[ep.ip.String()] = ep.ID
-		localMAC[ep.mac.String()] = ep.ID
-	}
-	remotes := d.gossip.Endpoints(o.VNI)
-	sort.Slice(remotes, func(i, j int) bool { return remotes[i].NewerThan(&remotes[j]) })
-	byIP := map[string]dataplane.Peer{}
-	macAt := map[string]net.IP{} // MAC -> the VTEP it is programmed behind
-	conflicts := map[string]string{}
-	for _, rep := range remotes {
-		ip, mac := rep.IP.String(), rep.MAC.String()
-		var clash string
-		switch {
-		case localIP[ip] != "":
-			clash = "claims the address of local endpoint " + short(localIP[ip])
-		case localMAC[mac] != "":
-			clash = "has the MAC of local endpoint " + short(localMAC[mac])
-		case macAt[mac] != nil && !macAt[mac].Equal(rep.VTEP):
-			clash = "has the MAC of a newer endpoint behind VTEP " + macAt[mac].String()
+	plan := planPeers(peerInput{
+		Local: o.localEndpoints(), Remote: d.gossip.Endpoints(o.VNI),
+		Restored: o.restored, Flood: o.Flood, Reported: o.conflicts,
+	})
+	d.reportConflicts(o.VNI, plan)
+	o.conflicts = plan.Conflicts
+	return plan.Peers, plan.Flood
+}
+
+// reportConflicts counts and logs the conflicts a plan found or saw resolved.
+func (d *Driver) reportConflicts(vni uint32, plan peerPlan) {
+	for _, c := range plan.New {
+		if c.IP {
+			d.stats.IPConflicts++
+		} else {
+			d.stats.MACConflicts++
 		}
-		if clash != "" {
-			key := rep.Node + "/" + rep.ID
-			conflicts[key] = clash
-			// Loud once per conflict, not on every sync of the network.
-			if o.conflicts[key] != clash {
-				if localIP[ip] != "" {
-					d.stats.IPConflicts++
-				} else {
-					d.stats.MACConflicts++
-				}
-				d.log.Error("conflict: not programming a remote endpoint", "vni", o.VNI, "problem", clash,
-					"ip", rep.IP, "mac", rep.MAC, "remote_node", rep.Node, "remote_endpoint", short(rep.ID))
-			}
-			continue
-		}
-		macAt[mac] = rep.VTEP
-		byIP[ip] = dataplane.Peer{IP: rep.IP, MAC: rep.MAC, VTEP: rep.VTEP}
+		d.log.Error("conflict: not programming a remote endpoint", "vni", vni, "problem", c.Problem,
+			"ip", c.Endpoint.IP, "mac", c.Endpoint.MAC, "remote_node", c.Endpoint.Node, "remote_endpoint", short(c.Endpoint.ID))
 	}
-	for _, p := range o.restored {
-		ip, mac := p.IP.String(), p.MAC.String()
-		if _, known := byIP[ip]; known || localIP[ip] != "" || localMAC[mac] != "" ||
-			(macAt[mac] != nil && !macAt[mac].Equal(p.VTEP)) {
-			continue // the cluster's view wins over what was remembered
-		}
-		macAt[mac] = p.VTEP
-		byIP[ip] = p
+	for _, key := range plan.Resolved {
+		d.log.Info("conflict resolved", "vni", vni, "remote_endpoint", key)
 	}
-	for key := range o.conflicts {
-		if _, still := conflicts[key]; !still {
-			d.log.Info("conflict resolved", "vni", o.VNI, "remote_endpoint", key)
-		}
-	}
-	o.conflicts = conflicts
-	vteps := map[string]net.IP{}
-	for _, p := range byIP {
-		peers = append(peers, p)
-		vteps[p.VTEP.String()] = p.VTEP
-	}
-	sort.Slice(peers, func(i, j int) bool { return ipLess(peers[i].IP, peers[j].IP) })
-	if o.Flood {
-		for _, v := range vteps {
-			flood = append(flood, v)
-		}
-		sort.Slice(flood, func(i, j int) bool { return ipLess(flood[i], flood[j]) })
-	}
-	return peers, flood
 }
 
 func (d *Driver) networkLocked(id string) (*overlay, error) {
