@@ -136,6 +136,9 @@ type overlay struct {
 	// saved is what the store holds as this network's programmed peers, so
 	// that a sync writes only when they changed, without reading it back.
 	saved []dataplane.Peer
+	// programmed is what the last SyncPeers put in the kernel's tables; nil
+	// while unknown (before the first sync, after a failed one).
+	programmed *peerTable
 	// conflicts are the remote endpoints left out of the tables because they
 	// clash (node/endpoint -> why), so each is reported once.
 	conflicts map[string]string

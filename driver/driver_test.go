@@ -666,3 +666,63 @@ func TestRestoredPeersDroppedOnceClusterCaughtUp(t *testing.T) {
 	h2.g.mu.Unlock()
 	poll.True(t, 5*time.Second, "remembered peer dropped", func() bool { return len(dp.peerIPs(42)) == 0 })
 }
+
+// TestReconcileCountsOnlyDrift: drift is a difference between the kernel and
+// what vxovl last programmed. A cluster change the reconcile pass applies
+// before the change's own sync ran is not drift; an entry deleted by hand is.
+func TestReconcileCountsOnlyDrift(t *testing.T) {
+	vtepB, vtepC := net.ParseIP("10.98.0.2").To4(), net.ParseIP("10.98.0.3").To4()
+	rem := func(id string, last byte, vtep net.IP) cluster.Endpoint {
+		return cluster.Endpoint{VNI: 42, ID: id, IP: net.IPv4(10, 10, 0, last).To4(),
+			MAC: net.HardwareAddr{2, 0, 0, 0, 0, last}, Node: "b", VTEP: vtep, Version: 1}
+	}
+	r3, r4, r5 := rem("r3", 3, vtepB), rem("r4", 4, vtepB), rem("r5", 5, vtepB)
+	cases := []struct {
+		name      string
+		before    []cluster.Endpoint // programmed by an ordinary sync
+		pending   []cluster.Endpoint // what the cluster knows when the pass runs, not synced yet
+		damage    []string           // peer IPs whose entries are deleted by hand before the pass
+		wantDrift uint64             // neighbor plus FDB entries put back
+	}{
+		{name: "nothing changed", before: []cluster.Endpoint{r3, r4}, pending: []cluster.Endpoint{r3, r4}},
+		{name: "endpoint added", before: []cluster.Endpoint{r3}, pending: []cluster.Endpoint{r3, r4}},
+		{name: "endpoint removed", before: []cluster.Endpoint{r3, r4}, pending: []cluster.Endpoint{r3}},
+		{name: "endpoint moved to another host", before: []cluster.Endpoint{r3}, pending: []cluster.Endpoint{rem("r3", 3, vtepC)}},
+		{name: "entry deleted by hand", before: []cluster.Endpoint{r3, r4}, pending: []cluster.Endpoint{r3, r4},
+			damage: []string{"10.10.0.4"}, wantDrift: 2},
+		{name: "entry deleted by hand and an endpoint added", before: []cluster.Endpoint{r3, r4}, pending: []cluster.Endpoint{r3, r4, r5},
+			damage: []string{"10.10.0.3"}, wantDrift: 2},
+		// The kernel differed from what vxovl had programmed: drift, even
+		// though the cluster change removes the entry right after.
+		{name: "entry deleted by hand that the cluster removes too", before: []cluster.Endpoint{r3, r4}, pending: []cluster.Endpoint{r3},
+			damage: []string{"10.10.0.4"}, wantDrift: 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			// Known before the network exists, so that the sync CreateNetwork
+			// asks for programs them and no other sync is pending.
+			h.g.setRemote(42, tc.before...)
+			h.createNetwork(map[string]interface{}{"vni": "42"})
+			poll.True(t, 5*time.Second, "the first endpoints programmed", func() bool { return len(h.dp.peerIPs(42)) == len(tc.before) })
+			h.dp.damage(42, tc.damage...)
+			// No EndpointsChanged: the pass finds the change first.
+			h.g.setRemote(42, tc.pending...)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := h.drv.Reconcile(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for _, ep := range tc.pending {
+				want = append(want, ep.IP.String()+"@"+ep.VTEP.String())
+			}
+			if got := h.dp.peerIPs(42); !reflect.DeepEqual(got, want) {
+				t.Errorf("after the pass the kernel has %v, want %v", got, want)
+			}
+			if s := h.drv.Stats(); s.DriftRepairs != tc.wantDrift || s.SyncErrors != 0 {
+				t.Errorf("drift repairs %d, sync errors %d; want %d, 0", s.DriftRepairs, s.SyncErrors, tc.wantDrift)
+			}
+		})
+	}
+}

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vxovl/vxovl/internal/dataplane"
 	"github.com/vxovl/vxovl/internal/store"
 )
 
@@ -84,7 +85,7 @@ func (d *Driver) restoreLocked() error {
 				d.log.Error("re-announcing endpoint", "endpoint", short(ep.ID), "err", err)
 			}
 		}
-		d.syncLocked(o, "restore")
+		d.syncLocked(o, "restore", false)
 	}
 	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(eps), "store", d.store.Path())
 	return nil
@@ -185,7 +186,7 @@ func (d *Driver) endGrace(reason string) {
 	for _, o := range d.networks {
 		if o.restored != nil {
 			o.restored = nil
-			d.syncLocked(o, reason)
+			d.syncLocked(o, reason, false)
 		}
 	}
 }
@@ -199,7 +200,7 @@ func (d *Driver) syncDirty() {
 	defer d.mu.Unlock()
 	for vni := range vnis {
 		if o, ok := d.byVNI[vni]; ok {
-			d.syncLocked(o, "cluster change")
+			d.syncLocked(o, "cluster change", false)
 		}
 	}
 }
@@ -284,33 +285,39 @@ func (d *Driver) reconcileAll(reason string) {
 				continue
 			}
 		}
-		d.syncLocked(o, reason)
+		d.syncLocked(o, reason, true)
 	}
 }
 
-// syncLocked makes o's neighbor and FDB tables match the desired peers. Outside
-// of event-driven syncs, any change means the kernel had drifted.
-func (d *Driver) syncLocked(o *overlay, reason string) {
-	peers, flood := d.desiredPeers(o)
-	res, err := d.dp.SyncPeers(o.VNI, peers, flood)
-	if err != nil {
-		d.stats.SyncErrors++
-		d.log.Error("programming neighbor/FDB entries; will retry", "vni", o.VNI, "err", err)
-		return
-	}
-	changed := res.NeighAdded + res.NeighRemoved + res.FDBAdded + res.FDBRemoved
-	if changed > 0 {
-		level := "debug"
-		if reason == "periodic" || reason == "on demand" {
-			d.stats.DriftRepairs += uint64(changed)
-			level = "warn"
+// syncLocked makes o's neighbor and FDB tables match the desired peers.
+//
+// A repair (the reconcile pass) first puts back what vxovl last programmed
+// and counts what that changed as drift: between two syncs only someone
+// else changes those tables. What the cluster changed since then is applied
+// after that like any other change, and is not drift.
+func (d *Driver) syncLocked(o *overlay, reason string, repair bool) {
+	if repair && o.programmed != nil {
+		res, err := d.dp.SyncPeers(o.VNI, o.programmed.peers, o.programmed.flood)
+		if err != nil {
+			d.syncFailed(o, err)
+			return
 		}
-		attrs := []any{"vni", o.VNI, "reason", reason, "neigh_added", res.NeighAdded, "neigh_removed", res.NeighRemoved,
-			"fdb_added", res.FDBAdded, "fdb_removed", res.FDBRemoved}
-		if level == "warn" {
-			d.log.Warn("repaired neighbor/FDB drift", attrs...)
-		} else {
-			d.log.Debug("programmed peers", attrs...)
+		if n := changes(res); n > 0 {
+			d.stats.DriftRepairs += uint64(n)
+			d.log.Warn("repaired neighbor/FDB drift", syncAttrs(o.VNI, reason, res)...)
+		}
+	}
+	peers, flood := d.desiredPeers(o)
+	want := &peerTable{peers: peers, flood: flood}
+	if !repair || !o.programmed.equal(want) {
+		res, err := d.dp.SyncPeers(o.VNI, peers, flood)
+		if err != nil {
+			d.syncFailed(o, err)
+			return
+		}
+		o.programmed = want
+		if changes(res) > 0 {
+			d.log.Debug("programmed peers", syncAttrs(o.VNI, reason, res)...)
 		}
 	}
 	// Remember what is programmed so a restart can keep it while the cluster
@@ -322,4 +329,21 @@ func (d *Driver) syncLocked(o *overlay, reason string) {
 		}
 		o.saved = peers
 	}
+}
+
+// syncFailed counts and logs a failed SyncPeers. What the kernel holds is
+// unknown after it, so the next pass does not count its repair as drift.
+func (d *Driver) syncFailed(o *overlay, err error) {
+	o.programmed = nil
+	d.stats.SyncErrors++
+	d.log.Error("programming neighbor/FDB entries; will retry", "vni", o.VNI, "err", err)
+}
+
+func changes(r dataplane.SyncResult) int {
+	return r.NeighAdded + r.NeighRemoved + r.FDBAdded + r.FDBRemoved
+}
+
+func syncAttrs(vni uint32, reason string, r dataplane.SyncResult) []any {
+	return []any{"vni", vni, "reason", reason, "neigh_added", r.NeighAdded, "neigh_removed", r.NeighRemoved,
+		"fdb_added", r.FDBAdded, "fdb_removed", r.FDBRemoved}
 }
