@@ -106,8 +106,11 @@ type Driver struct {
 	dp    Dataplane
 	store *store.Store
 
-	mu       sync.Mutex // guards everything below and serialises kernel work
-	gossip   Gossip
+	// mu guards everything below and the overlays' endpoints. API calls hold
+	// it through their kernel and store work; the reconcile loop takes it
+	// only for snapshots and counters (lock order: an overlay's syncMu, then mu).
+	mu       sync.Mutex
+	gossip   Gossip              // set by Start, before the loop and the API start
 	networks map[string]*overlay // by Docker network ID
 	byVNI    map[uint32]*overlay
 	stats    Stats
@@ -129,7 +132,15 @@ type overlay struct {
 	networkRecord
 	subnet    *net.IPNet
 	gateway   *net.IPNet
-	endpoints map[string]*endpoint
+	endpoints map[string]*endpoint // guarded by Driver.mu
+
+	// syncMu serialises the syncs of this network (which may rebuild its
+	// overlay) with its DeleteNetwork, without Driver.mu held throughout.
+	// It guards the fields below. Taken before Driver.mu, never after.
+	syncMu sync.Mutex
+	// deleted is set by DeleteNetwork, holding syncMu and Driver.mu: a sync
+	// then leaves the kernel and the store alone.
+	deleted bool
 	// restored are remote peers remembered from before a restart, programmed
 	// until RestoreGrace ends.
 	restored []dataplane.Peer
@@ -275,12 +286,12 @@ func (d *Driver) undo(what string, err error) {
 // free again); a kernel or store step that fails is retried by the
 // reconcile loop.
 func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	o, err := d.networkLocked(req.NetworkID)
+	o, unlock, err := d.lockNetwork(req.NetworkID)
 	if err != nil {
 		return err
 	}
+	defer unlock()
+	o.deleted = true
 	var errs []error
 	for id := range o.endpoints {
 		errs = append(errs, d.deleteEndpointLocked(o, id))
@@ -309,6 +320,27 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	}
 	d.log.Info("network deleted", "network", short(o.ID), "vni", o.VNI)
 	return nil
+}
+
+// lockNetwork takes the network's syncMu and then d.mu, in the lock order,
+// waiting for a sync of it in progress to end.
+func (d *Driver) lockNetwork(id string) (*overlay, func(), error) {
+	for {
+		d.mu.Lock()
+		o, err := d.networkLocked(id)
+		d.mu.Unlock()
+		if err != nil {
+			return nil, nil, err
+		}
+		o.syncMu.Lock()
+		d.mu.Lock()
+		if d.networks[id] == o {
+			return o, func() { d.mu.Unlock(); o.syncMu.Unlock() }, nil
+		}
+		// Deleted, and maybe made again, while we waited: look again.
+		d.mu.Unlock()
+		o.syncMu.Unlock()
+	}
 }
 
 // AllocateNetwork is only called in swarm mode, which vxovl does not need.
@@ -557,34 +589,6 @@ func (d *Driver) Stats() Stats {
 		s.LocalEndpoints += len(o.endpoints)
 	}
 	return s
-}
-
-// desiredPeers is what o's static tables should hold (see planPeers); it
-// counts and logs the conflicts found since the previous plan.
-func (d *Driver) desiredPeers(o *overlay) (peers []dataplane.Peer, flood []net.IP) {
-	plan := planPeers(peerInput{
-		Local: o.localEndpoints(), Remote: d.gossip.Endpoints(o.VNI),
-		Restored: o.restored, Flood: o.Flood, Reported: o.conflicts,
-	})
-	d.reportConflicts(o.VNI, plan)
-	o.conflicts = plan.Conflicts
-	return plan.Peers, plan.Flood
-}
-
-// reportConflicts counts and logs the conflicts a plan found or saw resolved.
-func (d *Driver) reportConflicts(vni uint32, plan peerPlan) {
-	for _, c := range plan.New {
-		if c.IP {
-			d.stats.IPConflicts++
-		} else {
-			d.stats.MACConflicts++
-		}
-		d.log.Error("conflict: not programming a remote endpoint", "vni", vni, "problem", c.Problem,
-			"ip", c.Endpoint.IP, "mac", c.Endpoint.MAC, "remote_node", c.Endpoint.Node, "remote_endpoint", short(c.Endpoint.ID))
-	}
-	for _, key := range plan.Resolved {
-		d.log.Info("conflict resolved", "vni", vni, "remote_endpoint", key)
-	}
 }
 
 func (d *Driver) networkLocked(id string) (*overlay, error) {

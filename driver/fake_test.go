@@ -24,6 +24,9 @@ type fakeDataplane struct {
 	deleted   map[uint32]int   // DeleteNetwork calls per VNI
 	unhealthy map[uint32]bool
 	syncs     int
+	// healthHook, when set, runs at the start of every Health call, outside
+	// the fake's lock: a test can hold a reconcile pass there.
+	healthHook func(vni uint32)
 }
 
 func newFakeDataplane() *fakeDataplane {
@@ -72,6 +75,12 @@ func (f *fakeDataplane) DeleteNetwork(vni uint32) error {
 }
 
 func (f *fakeDataplane) Health(s dataplane.NetworkSpec) error {
+	f.mu.Lock()
+	hook := f.healthHook
+	f.mu.Unlock()
+	if hook != nil {
+		hook(s.VNI)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.networks[s.VNI]; !ok || f.unhealthy[s.VNI] {
