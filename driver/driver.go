@@ -86,7 +86,7 @@ func (c *Config) setDefaults() {
 
 // Stats are counters an operator can read through the plugin's debug API.
 type Stats struct {
-	DriftRepairs   uint64 // kernel objects or entries found wrong by the reconciler and fixed
+	DriftRepairs   uint64 // overlay devices, neighbor and FDB entries the reconciler found changed since vxovl programmed them, and fixed
 	IPConflicts    uint64 // remote endpoints not programmed because they claim a local endpoint's IP
 	MACConflicts   uint64 // remote endpoints not programmed because their MAC is local or behind another VTEP
 	SyncErrors     uint64
