@@ -14,7 +14,6 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"sort"
 	"sync"
 	"time"
 
@@ -87,7 +86,7 @@ func (c *Config) setDefaults() {
 
 // Stats are counters an operator can read through the plugin's debug API.
 type Stats struct {
-	DriftRepairs   uint64 // kernel objects or entries found wrong by the reconciler and fixed
+	DriftRepairs   uint64 // overlay devices, neighbor and FDB entries the reconciler found changed since vxovl programmed them, and fixed
 	IPConflicts    uint64 // remote endpoints not programmed because they claim a local endpoint's IP
 	MACConflicts   uint64 // remote endpoints not programmed because their MAC is local or behind another VTEP
 	SyncErrors     uint64
@@ -107,8 +106,11 @@ type Driver struct {
 	dp    Dataplane
 	store *store.Store
 
-	mu       sync.Mutex // guards everything below and serialises kernel work
-	gossip   Gossip
+	// mu guards everything below and the overlays' endpoints. API calls hold
+	// it through their kernel and store work; the reconcile loop takes it
+	// only for snapshots and counters (lock order: an overlay's syncMu, then mu).
+	mu       sync.Mutex
+	gossip   Gossip              // set by Start, before the loop and the API start
 	networks map[string]*overlay // by Docker network ID
 	byVNI    map[uint32]*overlay
 	stats    Stats
@@ -130,13 +132,24 @@ type overlay struct {
 	networkRecord
 	subnet    *net.IPNet
 	gateway   *net.IPNet
-	endpoints map[string]*endpoint
+	endpoints map[string]*endpoint // guarded by Driver.mu
+
+	// syncMu serialises the syncs of this network (which may rebuild its
+	// overlay) with its DeleteNetwork, without Driver.mu held throughout.
+	// It guards the fields below. Taken before Driver.mu, never after.
+	syncMu sync.Mutex
+	// deleted is set by DeleteNetwork, holding syncMu and Driver.mu: a sync
+	// then leaves the kernel and the store alone.
+	deleted bool
 	// restored are remote peers remembered from before a restart, programmed
 	// until RestoreGrace ends.
 	restored []dataplane.Peer
 	// saved is what the store holds as this network's programmed peers, so
 	// that a sync writes only when they changed, without reading it back.
 	saved []dataplane.Peer
+	// programmed is what the last SyncPeers put in the kernel's tables; nil
+	// while unknown (before the first sync, after a failed one).
+	programmed *peerTable
 	// conflicts are the remote endpoints left out of the tables because they
 	// clash (node/endpoint -> why), so each is reported once.
 	conflicts map[string]string
@@ -146,6 +159,15 @@ type endpoint struct {
 	endpointRecord
 	ip  net.IP
 	mac net.HardwareAddr
+}
+
+// localEndpoints lists o's endpoints as the peer policy sees them.
+func (o *overlay) localEndpoints() []localEndpoint {
+	out := make([]localEndpoint, 0, len(o.endpoints))
+	for _, ep := range o.endpoints {
+		out = append(out, localEndpoint{ID: ep.ID, IP: ep.ip, MAC: ep.mac})
+	}
+	return out
 }
 
 // clusterNetwork is the definition of o that the cluster compares across hosts.
@@ -264,12 +286,12 @@ func (d *Driver) undo(what string, err error) {
 // free again); a kernel or store step that fails is retried by the
 // reconcile loop.
 func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	o, err := d.networkLocked(req.NetworkID)
+	o, unlock, err := d.lockNetwork(req.NetworkID)
 	if err != nil {
 		return err
 	}
+	defer unlock()
+	o.deleted = true
 	var errs []error
 	for id := range o.endpoints {
 		errs = append(errs, d.deleteEndpointLocked(o, id))
@@ -298,6 +320,27 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	}
 	d.log.Info("network deleted", "network", short(o.ID), "vni", o.VNI)
 	return nil
+}
+
+// lockNetwork takes the network's syncMu and then d.mu, in the lock order,
+// waiting for a sync of it in progress to end.
+func (d *Driver) lockNetwork(id string) (*overlay, func(), error) {
+	for {
+		d.mu.Lock()
+		o, err := d.networkLocked(id)
+		d.mu.Unlock()
+		if err != nil {
+			return nil, nil, err
+		}
+		o.syncMu.Lock()
+		d.mu.Lock()
+		if d.networks[id] == o {
+			return o, func() { d.mu.Unlock(); o.syncMu.Unlock() }, nil
+		}
+		// Deleted, and maybe made again, while we waited: look again.
+		d.mu.Unlock()
+		o.syncMu.Unlock()
+	}
 }
 
 // AllocateNetwork is only called in swarm mode, which vxovl does not need.
@@ -551,84 +594,6 @@ func (d *Driver) Stats() Stats {
 		s.LocalEndpoints += len(o.endpoints)
 	}
 	return s
-}
-
-// desiredPeers is what vni's static tables should hold: every remote endpoint
-// the cluster knows, minus any that clashes (never silently programmed:
-// counted and logged once), plus, during the restore grace period, what was
-// programmed before the restart. A remote endpoint clashes when it claims a
-// local endpoint's address or MAC, or a MAC that a newer remote endpoint
-// behind another VTEP has (the kernel's FDB can send a MAC to one VTEP only;
-// two containers started with the same --mac-address on two hosts must not
-// stall the whole network's table).
-func (d *Driver) desiredPeers(o *overlay) (peers []dataplane.Peer, flood []net.IP) {
-	localIP, localMAC := map[string]string{}, map[string]string{}
-	for _, ep := range o.endpoints {
-		localIP[ep.ip.String()] = ep.ID
-		localMAC[ep.mac.String()] = ep.ID
-	}
-	remotes := d.gossip.Endpoints(o.VNI)
-	sort.Slice(remotes, func(i, j int) bool { return remotes[i].NewerThan(&remotes[j]) })
-	byIP := map[string]dataplane.Peer{}
-	macAt := map[string]net.IP{} // MAC -> the VTEP it is programmed behind
-	conflicts := map[string]string{}
-	for _, rep := range remotes {
-		ip, mac := rep.IP.String(), rep.MAC.String()
-		var clash string
-		switch {
-		case localIP[ip] != "":
-			clash = "claims the address of local endpoint " + short(localIP[ip])
-		case localMAC[mac] != "":
-			clash = "has the MAC of local endpoint " + short(localMAC[mac])
-		case macAt[mac] != nil && !macAt[mac].Equal(rep.VTEP):
-			clash = "has the MAC of a newer endpoint behind VTEP " + macAt[mac].String()
-		}
-		if clash != "" {
-			key := rep.Node + "/" + rep.ID
-			conflicts[key] = clash
-			// Loud once per conflict, not on every sync of the network.
-			if o.conflicts[key] != clash {
-				if localIP[ip] != "" {
-					d.stats.IPConflicts++
-				} else {
-					d.stats.MACConflicts++
-				}
-				d.log.Error("conflict: not programming a remote endpoint", "vni", o.VNI, "problem", clash,
-					"ip", rep.IP, "mac", rep.MAC, "remote_node", rep.Node, "remote_endpoint", short(rep.ID))
-			}
-			continue
-		}
-		macAt[mac] = rep.VTEP
-		byIP[ip] = dataplane.Peer{IP: rep.IP, MAC: rep.MAC, VTEP: rep.VTEP}
-	}
-	for _, p := range o.restored {
-		ip, mac := p.IP.String(), p.MAC.String()
-		if _, known := byIP[ip]; known || localIP[ip] != "" || localMAC[mac] != "" ||
-			(macAt[mac] != nil && !macAt[mac].Equal(p.VTEP)) {
-			continue // the cluster's view wins over what was remembered
-		}
-		macAt[mac] = p.VTEP
-		byIP[ip] = p
-	}
-	for key := range o.conflicts {
-		if _, still := conflicts[key]; !still {
-			d.log.Info("conflict resolved", "vni", o.VNI, "remote_endpoint", key)
-		}
-	}
-	o.conflicts = conflicts
-	vteps := map[string]net.IP{}
-	for _, p := range byIP {
-		peers = append(peers, p)
-		vteps[p.VTEP.String()] = p.VTEP
-	}
-	sort.Slice(peers, func(i, j int) bool { return ipLess(peers[i].IP, peers[j].IP) })
-	if o.Flood {
-		for _, v := range vteps {
-			flood = append(flood, v)
-		}
-		sort.Slice(flood, func(i, j int) bool { return ipLess(flood[i], flood[j]) })
-	}
-	return peers, flood
 }
 
 func (d *Driver) networkLocked(id string) (*overlay, error) {

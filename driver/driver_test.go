@@ -1,6 +1,9 @@
 package driver
 
 import (
+	"fmt"
+	"sync"
+
 	"github.com/vxovl/vxovl/internal/testutil/poll"
 	"github.com/vxovl/vxovl/internal/vxlan"
 
@@ -358,7 +361,10 @@ func TestRemoteEndpointsAreProgrammed(t *testing.T) {
 	)
 	h.drv.EndpointsChanged(42)
 	want := []string{"10.10.0.3@10.98.0.2", "10.10.0.4@10.98.0.3"}
-	poll.True(t, 5*time.Second, "peers programmed", func() bool { return reflect.DeepEqual(h.dp.peerIPs(42), want) })
+	// The sync counts its conflicts once it is done with the kernel.
+	poll.True(t, 5*time.Second, "peers programmed and the conflict counted", func() bool {
+		return reflect.DeepEqual(h.dp.peerIPs(42), want) && h.drv.Stats().IPConflicts > 0
+	})
 	if s := h.drv.Stats(); s.IPConflicts != 1 {
 		t.Fatalf("conflict counted %d times, want 1", s.IPConflicts)
 	}
@@ -665,4 +671,224 @@ func TestRestoredPeersDroppedOnceClusterCaughtUp(t *testing.T) {
 	h2.g.caughtUp = true
 	h2.g.mu.Unlock()
 	poll.True(t, 5*time.Second, "remembered peer dropped", func() bool { return len(dp.peerIPs(42)) == 0 })
+}
+
+// TestReconcileCountsOnlyDrift: drift is a difference between the kernel and
+// what vxovl last programmed. A cluster change the reconcile pass applies
+// before the change's own sync ran is not drift; an entry deleted by hand is.
+func TestReconcileCountsOnlyDrift(t *testing.T) {
+	vtepB, vtepC := net.ParseIP("10.98.0.2").To4(), net.ParseIP("10.98.0.3").To4()
+	rem := func(id string, last byte, vtep net.IP) cluster.Endpoint {
+		return cluster.Endpoint{VNI: 42, ID: id, IP: net.IPv4(10, 10, 0, last).To4(),
+			MAC: net.HardwareAddr{2, 0, 0, 0, 0, last}, Node: "b", VTEP: vtep, Version: 1}
+	}
+	r3, r4, r5 := rem("r3", 3, vtepB), rem("r4", 4, vtepB), rem("r5", 5, vtepB)
+	cases := []struct {
+		name      string
+		before    []cluster.Endpoint // programmed by an ordinary sync
+		pending   []cluster.Endpoint // what the cluster knows when the pass runs, not synced yet
+		damage    []string           // peer IPs whose entries are deleted by hand before the pass
+		wantDrift uint64             // neighbor plus FDB entries put back
+	}{
+		{name: "nothing changed", before: []cluster.Endpoint{r3, r4}, pending: []cluster.Endpoint{r3, r4}},
+		{name: "endpoint added", before: []cluster.Endpoint{r3}, pending: []cluster.Endpoint{r3, r4}},
+		{name: "endpoint removed", before: []cluster.Endpoint{r3, r4}, pending: []cluster.Endpoint{r3}},
+		{name: "endpoint moved to another host", before: []cluster.Endpoint{r3}, pending: []cluster.Endpoint{rem("r3", 3, vtepC)}},
+		{name: "entry deleted by hand", before: []cluster.Endpoint{r3, r4}, pending: []cluster.Endpoint{r3, r4},
+			damage: []string{"10.10.0.4"}, wantDrift: 2},
+		{name: "entry deleted by hand and an endpoint added", before: []cluster.Endpoint{r3, r4}, pending: []cluster.Endpoint{r3, r4, r5},
+			damage: []string{"10.10.0.3"}, wantDrift: 2},
+		// The kernel differed from what vxovl had programmed: drift, even
+		// though the cluster change removes the entry right after.
+		{name: "entry deleted by hand that the cluster removes too", before: []cluster.Endpoint{r3, r4}, pending: []cluster.Endpoint{r3},
+			damage: []string{"10.10.0.4"}, wantDrift: 2},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			h := newHarness(t)
+			// Known before the network exists, so that the sync CreateNetwork
+			// asks for programs them and no other sync is pending.
+			h.g.setRemote(42, tc.before...)
+			h.createNetwork(map[string]interface{}{"vni": "42"})
+			poll.True(t, 5*time.Second, "the first endpoints programmed", func() bool { return len(h.dp.peerIPs(42)) == len(tc.before) })
+			h.dp.damage(42, tc.damage...)
+			// No EndpointsChanged: the pass finds the change first.
+			h.g.setRemote(42, tc.pending...)
+			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			if err := h.drv.Reconcile(ctx); err != nil {
+				t.Fatal(err)
+			}
+			var want []string
+			for _, ep := range tc.pending {
+				want = append(want, ep.IP.String()+"@"+ep.VTEP.String())
+			}
+			if got := h.dp.peerIPs(42); !reflect.DeepEqual(got, want) {
+				t.Errorf("after the pass the kernel has %v, want %v", got, want)
+			}
+			if s := h.drv.Stats(); s.DriftRepairs != tc.wantDrift || s.SyncErrors != 0 {
+				t.Errorf("drift repairs %d, sync errors %d; want %d, 0", s.DriftRepairs, s.SyncErrors, tc.wantDrift)
+			}
+		})
+	}
+}
+
+// finishes runs fn and fails the test if it does not return within 5 s:
+// it is waiting for something it must not wait for.
+func finishes(t *testing.T, what string, fn func() error) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() { done <- fn() }()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("%s: %v", what, err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatalf("%s did not finish while a reconcile pass was in the kernel", what)
+	}
+}
+
+// TestReconcilePassDoesNotBlockTheAPI: while a reconcile pass works on one
+// network's kernel state, API calls go on (issue 9: they waited for the
+// whole pass), and a network deleted during the pass is not brought back
+// by it, in the kernel or in the store.
+func TestReconcilePassDoesNotBlockTheAPI(t *testing.T) {
+	h := newHarness(t)
+	vnis := map[string]uint32{netID: 41, netID2: 42}
+	for id, vni := range vnis {
+		if err := h.createNetworkID(id, map[string]interface{}{"vni": fmt.Sprint(vni)}); err != nil {
+			t.Fatal(err)
+		}
+		h.g.setRemote(vni, cluster.Endpoint{VNI: vni, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(),
+			MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: "b", VTEP: net.ParseIP("10.98.0.2").To4()})
+		h.drv.EndpointsChanged(vni)
+	}
+	poll.True(t, 5*time.Second, "peers programmed", func() bool {
+		return len(h.dp.peerIPs(41)) == 1 && len(h.dp.peerIPs(42)) == 1
+	})
+
+	entered := make(chan uint32, 1)
+	release := make(chan struct{})
+	var once, releaseOnce sync.Once
+	t.Cleanup(func() { releaseOnce.Do(func() { close(release) }) })
+	h.dp.mu.Lock()
+	h.dp.healthHook = func(vni uint32) { once.Do(func() { entered <- vni; <-release }) }
+	h.dp.mu.Unlock()
+	passDone := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		passDone <- h.drv.Reconcile(ctx)
+	}()
+	var busy uint32
+	select {
+	case busy = <-entered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the reconcile pass did not reach the kernel")
+	}
+	busyID, otherID := netID, netID2
+	if busy == vnis[netID2] {
+		busyID, otherID = netID2, netID
+	}
+
+	finishes(t, "Stats", func() error { h.drv.Stats(); return nil })
+	finishes(t, "CreateEndpoint and Join on the network the pass is working on", func() error {
+		if _, err := h.drv.CreateEndpoint(&network.CreateEndpointRequest{NetworkID: busyID, EndpointID: epID,
+			Interface: &network.EndpointInterface{Address: "10.10.0.5/24"}}); err != nil {
+			return err
+		}
+		_, err := h.drv.Join(&network.JoinRequest{NetworkID: busyID, EndpointID: epID})
+		return err
+	})
+	finishes(t, "DeleteNetwork of a network the pass has not reached", func() error {
+		return h.drv.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: otherID})
+	})
+	// Must wait for the pass to be done with the network: deleting it under
+	// the pass's feet lets the pass rebuild it. Nothing signals that the
+	// call is waiting, so give it a moment to (wrongly) finish.
+	deleted := make(chan error, 1)
+	go func() { deleted <- h.drv.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: busyID}) }()
+	select {
+	case err := <-deleted:
+		t.Errorf("DeleteNetwork finished (err %v) while a sync of the network was in the kernel", err)
+		deleted <- nil
+	case <-time.After(200 * time.Millisecond):
+	}
+	releaseOnce.Do(func() { close(release) })
+	for _, c := range []chan error{passDone, deleted} {
+		select {
+		case err := <-c:
+			if err != nil {
+				t.Fatal(err)
+			}
+		case <-time.After(10 * time.Second):
+			t.Fatal("the reconcile pass or the DeleteNetwork waiting for it did not finish")
+		}
+	}
+
+	h.dp.mu.Lock()
+	left := fmt.Sprint(h.dp.networks)
+	h.dp.mu.Unlock()
+	if left != "map[]" {
+		t.Errorf("overlays left after both networks were deleted: %s", left)
+	}
+	if peers, _ := store.ListJSON[[]peerRecord](h.st, bucketPeers); len(peers) != 0 {
+		t.Errorf("peer records left after both networks were deleted: %v", peers)
+	}
+	if s := h.drv.Stats(); s.Networks != 0 || s.SyncErrors != 0 {
+		t.Errorf("%d networks, %d sync errors; want 0, 0", s.Networks, s.SyncErrors)
+	}
+}
+
+// TestNetworksComeAndGoDuringPasses: networks with one VNI created and
+// deleted over and over while passes and cluster syncs run leave exactly
+// the live networks in the kernel and the store (run with -race).
+func TestNetworksComeAndGoDuringPasses(t *testing.T) {
+	h := newHarness(t)
+	remote := cluster.Endpoint{VNI: 42, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(),
+		MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9}, Node: "b", VTEP: net.ParseIP("10.98.0.2").To4()}
+	h.g.setRemote(42, remote)
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for ctx.Err() == nil {
+			_ = h.drv.Reconcile(ctx)
+			h.drv.EndpointsChanged(42)
+		}
+	}()
+	for i := range 50 {
+		id := fmt.Sprintf("net%d", i)
+		if err := h.createNetworkID(id, map[string]interface{}{"vni": "42"}); err != nil {
+			t.Fatal(err)
+		}
+		if err := h.drv.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := h.createNetworkID(netID, map[string]interface{}{"vni": "42"}); err != nil {
+		t.Fatal(err)
+	}
+	cancel()
+	wg.Wait()
+	rctx, rcancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer rcancel()
+	if err := h.drv.Reconcile(rctx); err != nil {
+		t.Fatal(err)
+	}
+	h.dp.mu.Lock()
+	_, live := h.dp.networks[42]
+	n := len(h.dp.networks)
+	h.dp.mu.Unlock()
+	if !live || n != 1 || len(h.dp.peerIPs(42)) != 1 {
+		t.Fatalf("kernel: VNI 42 present %v, %d overlays, peers %v; want the one live network with its peer", live, n, h.dp.peerIPs(42))
+	}
+	if nets, _ := store.ListJSON[networkRecord](h.st, bucketNetworks); len(nets) != 1 || nets[netID].ID != netID {
+		t.Fatalf("stored networks %v, want only %s", nets, short(netID))
+	}
+	if s := h.drv.Stats(); s.SyncErrors != 0 || s.DriftRepairs != 0 {
+		t.Fatalf("%d sync errors, %d drift repairs; want 0, 0", s.SyncErrors, s.DriftRepairs)
+	}
 }

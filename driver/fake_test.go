@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"sort"
 	"sync"
 
@@ -23,6 +24,9 @@ type fakeDataplane struct {
 	deleted   map[uint32]int   // DeleteNetwork calls per VNI
 	unhealthy map[uint32]bool
 	syncs     int
+	// healthHook, when set, runs at the start of every Health call, outside
+	// the fake's lock: a test can hold a reconcile pass there.
+	healthHook func(vni uint32)
 }
 
 func newFakeDataplane() *fakeDataplane {
@@ -71,6 +75,12 @@ func (f *fakeDataplane) DeleteNetwork(vni uint32) error {
 }
 
 func (f *fakeDataplane) Health(s dataplane.NetworkSpec) error {
+	f.mu.Lock()
+	hook := f.healthHook
+	f.mu.Unlock()
+	if hook != nil {
+		hook(s.VNI)
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	if _, ok := f.networks[s.VNI]; !ok || f.unhealthy[s.VNI] {
@@ -140,14 +150,56 @@ func (f *fakeDataplane) SyncPeers(vni uint32, peers []dataplane.Peer, flood []ne
 	if err := dataplane.CheckPeers(peers, flood); err != nil {
 		return dataplane.SyncResult{}, err
 	}
+	// Count per entry, as the kernel dataplane does, so that tests can tell
+	// how many entries a sync put back.
 	var res dataplane.SyncResult
-	if !samePeers(f.peers[vni], peers) {
-		res.NeighAdded = len(peers)
-		res.NeighRemoved = len(f.peers[vni])
-	}
+	res.NeighAdded, res.NeighRemoved = diffSets(neighEntries(f.peers[vni]), neighEntries(peers))
+	res.FDBAdded, res.FDBRemoved = diffSets(fdbEntries(f.peers[vni], f.flood[vni]), fdbEntries(peers, flood))
 	f.peers[vni] = append([]dataplane.Peer(nil), peers...)
 	f.flood[vni] = append([]net.IP(nil), flood...)
 	return res, nil
+}
+
+func neighEntries(peers []dataplane.Peer) map[string]bool {
+	set := map[string]bool{}
+	for _, p := range peers {
+		set[p.IP.String()+" lladdr "+p.MAC.String()] = true
+	}
+	return set
+}
+
+func fdbEntries(peers []dataplane.Peer, flood []net.IP) map[string]bool {
+	set := map[string]bool{}
+	for _, p := range peers {
+		set[p.MAC.String()+" dst "+p.VTEP.String()] = true
+	}
+	for _, v := range flood {
+		set["00:00:00:00:00:00 dst "+v.String()] = true
+	}
+	return set
+}
+
+// diffSets counts what going from have to want adds and removes.
+func diffSets(have, want map[string]bool) (added, removed int) {
+	for k := range want {
+		if !have[k] {
+			added++
+		}
+	}
+	for k := range have {
+		if !want[k] {
+			removed++
+		}
+	}
+	return added, removed
+}
+
+// damage removes the peers with the given IPs and their FDB entries from
+// vni's tables, as someone running `ip neigh del` and `bridge fdb del` would.
+func (f *fakeDataplane) damage(vni uint32, ips ...string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.peers[vni] = slices.DeleteFunc(f.peers[vni], func(p dataplane.Peer) bool { return slices.Contains(ips, p.IP.String()) })
 }
 
 func (f *fakeDataplane) peerIPs(vni uint32) []string {

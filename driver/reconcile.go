@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/vxovl/vxovl/internal/dataplane"
 	"github.com/vxovl/vxovl/internal/store"
 )
 
@@ -16,11 +17,18 @@ func (d *Driver) Start(ctx context.Context, g Gossip) error {
 	d.mu.Lock()
 	d.gossip = g
 	err := d.restoreLocked()
+	nets := d.snapshotLocked(d.networks)
 	d.mu.Unlock()
 	if err != nil {
 		return err
 	}
-	d.loop.Go(func() { d.run(ctx) })
+	// Nothing else runs yet: neither the loop nor the API.
+	restored := false
+	for _, n := range nets {
+		restored = restored || len(n.o.restored) > 0
+	}
+	d.syncNetworks(nets, "restore", false)
+	d.loop.Go(func() { d.run(ctx, restored) })
 	return nil
 }
 
@@ -84,7 +92,6 @@ func (d *Driver) restoreLocked() error {
 				d.log.Error("re-announcing endpoint", "endpoint", short(ep.ID), "err", err)
 			}
 		}
-		d.syncLocked(o, "restore")
 	}
 	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(eps), "store", d.store.Path())
 	return nil
@@ -121,13 +128,14 @@ func (d *Driver) Reconcile(ctx context.Context) error {
 }
 
 // run is the driver's one event loop: cluster changes, periodic and
-// on-demand reconciles are all handled here, one at a time.
-func (d *Driver) run(ctx context.Context) {
+// on-demand reconciles are all handled here, one at a time. restored says
+// whether remote entries remembered from before a restart are programmed.
+func (d *Driver) run(ctx context.Context, restored bool) {
 	tick := time.NewTicker(d.cfg.ReconcileInterval)
 	defer tick.Stop()
 	var graceEnd <-chan time.Time
 	var graceCheck <-chan time.Time
-	if d.hasRestored() {
+	if restored {
 		t := time.NewTimer(d.cfg.RestoreGrace)
 		defer t.Stop()
 		graceEnd = t.C
@@ -167,41 +175,40 @@ func (d *Driver) run(ctx context.Context) {
 // live peer is complete.
 type caughtUp interface{ CaughtUp() bool }
 
-func (d *Driver) hasRestored() bool {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	for _, o := range d.networks {
-		if len(o.restored) > 0 {
-			return true
-		}
-	}
-	return false
-}
-
+// endGrace drops the remote entries remembered from before the restart.
 func (d *Driver) endGrace(reason string) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
 	d.log.Info("dropping the remote entries remembered from before the restart", "reason", reason)
-	for _, o := range d.networks {
-		if o.restored != nil {
-			o.restored = nil
-			d.syncLocked(o, reason)
+	d.mu.Lock()
+	nets := d.snapshotLocked(d.networks)
+	d.mu.Unlock()
+	var t tally
+	for _, n := range nets {
+		n.o.syncMu.Lock()
+		if n.o.restored != nil {
+			n.o.restored = nil
+			d.syncNetworkLocked(n, reason, false, &t)
 		}
+		n.o.syncMu.Unlock()
 	}
+	d.count(&t)
 }
 
+// syncDirty syncs the networks whose cluster view or local endpoints changed.
 func (d *Driver) syncDirty() {
 	d.dirtyMu.Lock()
 	vnis := d.dirty
 	d.dirty = map[uint32]struct{}{}
 	d.dirtyMu.Unlock()
 	d.mu.Lock()
-	defer d.mu.Unlock()
+	dirty := map[string]*overlay{}
 	for vni := range vnis {
 		if o, ok := d.byVNI[vni]; ok {
-			d.syncLocked(o, "cluster change")
+			dirty[o.ID] = o
 		}
 	}
+	nets := d.snapshotLocked(dirty)
+	d.mu.Unlock()
+	d.syncNetworks(nets, "cluster change", false)
 }
 
 // dropEndpointsOfGoneContainers forgets the joined endpoints whose
@@ -259,12 +266,17 @@ func (d *Driver) removeLeftoverNamespaces(pinned []uint32) {
 
 // reconcileAll checks every overlay's kernel objects and tables and repairs
 // what drifted (someone deleted the VXLAN device or an entry by hand, a
-// previous step failed). Docker's overlay has no such loop.
+// previous step failed). Docker's overlay has no such loop. It holds d.mu
+// only for what must not race an API call; each network's kernel work
+// holds only that network's syncMu, so API calls do not wait for the pass.
 func (d *Driver) reconcileAll(reason string) {
+	pinned := d.pinnedVNIs()
 	d.mu.Lock()
-	defer d.mu.Unlock()
 	d.stats.Reconciles++
 	d.stats.LastReconcile = time.Now()
+	// The retried clean-ups (left by failed deletes) and the removal of
+	// leftover namespaces look up which VNIs have a network and act on it:
+	// no CreateNetwork may come in between.
 	for what, cleanup := range d.unfinished {
 		if err := cleanup(); err != nil {
 			d.log.Warn("clean-up still failing; will retry", "of", what, "err", err)
@@ -273,53 +285,152 @@ func (d *Driver) reconcileAll(reason string) {
 		delete(d.unfinished, what)
 		d.log.Info("finished a clean-up that had failed", "of", what)
 	}
-	d.removeLeftoverNamespaces(d.pinnedVNIs())
-	for _, o := range d.networks {
-		if err := d.dp.Health(d.spec(o)); err != nil {
-			d.stats.DriftRepairs++
-			d.log.Warn("overlay damaged; rebuilding", "vni", o.VNI, "problem", err, "reason", reason)
-			if err := d.dp.EnsureNetwork(d.spec(o)); err != nil {
-				d.stats.SyncErrors++
-				d.log.Error("rebuilding overlay; will retry", "vni", o.VNI, "err", err)
-				continue
-			}
-		}
-		d.syncLocked(o, reason)
-	}
+	d.removeLeftoverNamespaces(pinned)
+	nets := d.snapshotLocked(d.networks)
+	d.mu.Unlock()
+	d.syncNetworks(nets, reason, true)
 }
 
-// syncLocked makes o's neighbor and FDB tables match the desired peers. Outside
-// of event-driven syncs, any change means the kernel had drifted.
-func (d *Driver) syncLocked(o *overlay, reason string) {
-	peers, flood := d.desiredPeers(o)
-	res, err := d.dp.SyncPeers(o.VNI, peers, flood)
-	if err != nil {
-		d.stats.SyncErrors++
-		d.log.Error("programming neighbor/FDB entries; will retry", "vni", o.VNI, "err", err)
+// netSnapshot is a network with what its sync needs of the state d.mu
+// guards. Taken for all networks at once, so that a pass takes d.mu once: an
+// endpoint created after it marks the network dirty for the next sync.
+type netSnapshot struct {
+	o     *overlay
+	local []localEndpoint
+}
+
+func (d *Driver) snapshotLocked(nets map[string]*overlay) []netSnapshot {
+	out := make([]netSnapshot, 0, len(nets))
+	for _, o := range nets {
+		out = append(out, netSnapshot{o: o, local: o.localEndpoints()})
+	}
+	return out
+}
+
+// syncNetworks syncs each network in turn, holding only its syncMu, and
+// counts the results at the end.
+func (d *Driver) syncNetworks(nets []netSnapshot, reason string, repair bool) {
+	var t tally
+	for _, n := range nets {
+		n.o.syncMu.Lock()
+		d.syncNetworkLocked(n, reason, repair, &t)
+		n.o.syncMu.Unlock()
+	}
+	d.count(&t)
+}
+
+// syncNetworkLocked brings one network's kernel state to what is desired:
+// its neighbor and FDB tables to what the cluster knows (planPeers), and
+// with repair (the reconcile pass) first its overlay's devices and the
+// tables it last programmed. The caller holds n.o.syncMu and not d.mu: the
+// snapshot has what is needed of d.mu's state, and t collects the counts.
+// A network deleted since the snapshot is left alone, so that nothing of
+// it comes back.
+//
+// The repair puts back what was last programmed and counts what that
+// changed as drift: between two syncs only someone else changes those
+// tables. What the cluster changed since then is applied after that like
+// any other change, and is not drift.
+func (d *Driver) syncNetworkLocked(n netSnapshot, reason string, repair bool, t *tally) {
+	o := n.o
+	if o.deleted {
 		return
 	}
-	changed := res.NeighAdded + res.NeighRemoved + res.FDBAdded + res.FDBRemoved
-	if changed > 0 {
-		level := "debug"
-		if reason == "periodic" || reason == "on demand" {
-			d.stats.DriftRepairs += uint64(changed)
-			level = "warn"
+
+	if repair {
+		spec := d.spec(o)
+		if err := d.dp.Health(spec); err != nil {
+			t.drift++
+			d.log.Warn("overlay damaged; rebuilding", "vni", o.VNI, "problem", err, "reason", reason)
+			if err := d.dp.EnsureNetwork(spec); err != nil {
+				t.syncErrors++
+				d.log.Error("rebuilding overlay; will retry", "vni", o.VNI, "err", err)
+				return
+			}
 		}
-		attrs := []any{"vni", o.VNI, "reason", reason, "neigh_added", res.NeighAdded, "neigh_removed", res.NeighRemoved,
-			"fdb_added", res.FDBAdded, "fdb_removed", res.FDBRemoved}
-		if level == "warn" {
-			d.log.Warn("repaired neighbor/FDB drift", attrs...)
-		} else {
-			d.log.Debug("programmed peers", attrs...)
+		if o.programmed != nil {
+			res, err := d.dp.SyncPeers(o.VNI, o.programmed.peers, o.programmed.flood)
+			if err != nil {
+				d.syncFailed(o, t, err)
+				return
+			}
+			if n := changes(res); n > 0 {
+				t.drift += uint64(n)
+				d.log.Warn("repaired neighbor/FDB drift", syncAttrs(o.VNI, reason, res)...)
+			}
+		}
+	}
+
+	plan := planPeers(peerInput{
+		Local: n.local, Remote: d.gossip.Endpoints(o.VNI),
+		Restored: o.restored, Flood: o.Flood, Reported: o.conflicts,
+	})
+	d.reportConflicts(o.VNI, plan, t)
+	o.conflicts = plan.Conflicts
+	want := &peerTable{peers: plan.Peers, flood: plan.Flood}
+	if !repair || !o.programmed.equal(want) {
+		res, err := d.dp.SyncPeers(o.VNI, want.peers, want.flood)
+		if err != nil {
+			d.syncFailed(o, t, err)
+			return
+		}
+		o.programmed = want
+		if changes(res) > 0 {
+			d.log.Debug("programmed peers", syncAttrs(o.VNI, reason, res)...)
 		}
 	}
 	// Remember what is programmed so a restart can keep it while the cluster
 	// catches up. Only written when it changed.
-	if !samePeers(o.saved, peers) {
-		if err := d.store.Put(bucketPeers, vniKey(o.VNI), peersToRecords(peers)); err != nil {
+	if !samePeers(o.saved, want.peers) {
+		if err := d.store.Put(bucketPeers, vniKey(o.VNI), peersToRecords(want.peers)); err != nil {
 			d.log.Warn("saving programmed peers", "vni", o.VNI, "err", err)
 			return
 		}
-		o.saved = peers
+		o.saved = want.peers
 	}
+}
+
+// tally is what syncs add to the driver's counters.
+type tally struct{ drift, syncErrors, ipConflicts, macConflicts uint64 }
+
+func (d *Driver) count(t *tally) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.stats.DriftRepairs += t.drift
+	d.stats.SyncErrors += t.syncErrors
+	d.stats.IPConflicts += t.ipConflicts
+	d.stats.MACConflicts += t.macConflicts
+}
+
+// reportConflicts counts and logs the conflicts a plan found or saw resolved.
+func (d *Driver) reportConflicts(vni uint32, plan peerPlan, t *tally) {
+	for _, c := range plan.New {
+		if c.IP {
+			t.ipConflicts++
+		} else {
+			t.macConflicts++
+		}
+		d.log.Error("conflict: not programming a remote endpoint", "vni", vni, "problem", c.Problem,
+			"ip", c.Endpoint.IP, "mac", c.Endpoint.MAC, "remote_node", c.Endpoint.Node, "remote_endpoint", short(c.Endpoint.ID))
+	}
+	for _, key := range plan.Resolved {
+		d.log.Info("conflict resolved", "vni", vni, "remote_endpoint", key)
+	}
+}
+
+// syncFailed counts and logs a failed SyncPeers. What the kernel holds is
+// unknown after it, so the next pass does not count its repair as drift.
+func (d *Driver) syncFailed(o *overlay, t *tally, err error) {
+	o.programmed = nil
+	t.syncErrors++
+	d.log.Error("programming neighbor/FDB entries; will retry", "vni", o.VNI, "err", err)
+}
+
+func changes(r dataplane.SyncResult) int {
+	return r.NeighAdded + r.NeighRemoved + r.FDBAdded + r.FDBRemoved
+}
+
+func syncAttrs(vni uint32, reason string, r dataplane.SyncResult) []any {
+	return []any{"vni", vni, "reason", reason, "neigh_added", r.NeighAdded, "neigh_removed", r.NeighRemoved,
+		"fdb_added", r.FDBAdded, "fdb_removed", r.FDBRemoved}
 }

@@ -3,6 +3,7 @@ package driver
 import (
 	"fmt"
 	"net"
+	"slices"
 
 	"github.com/vxovl/vxovl/internal/dataplane"
 	"github.com/vxovl/vxovl/internal/vxlan"
@@ -104,4 +105,16 @@ func samePeers(a, b []dataplane.Peer) bool {
 		}
 	}
 	return true
+}
+
+// peerTable is one network's static tables as given to SyncPeers.
+type peerTable struct {
+	peers []dataplane.Peer
+	flood []net.IP
+}
+
+// equal reports whether t and u are the same tables; a nil table is unknown
+// and equal to none.
+func (t *peerTable) equal(u *peerTable) bool {
+	return t != nil && u != nil && samePeers(t.peers, u.peers) && slices.EqualFunc(t.flood, u.flood, net.IP.Equal)
 }
