@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"github.com/vxovl/vxovl/internal/vxlan"
+	"golang.org/x/sys/unix"
 
 	"errors"
 	"maps"
@@ -54,6 +55,9 @@ func TestEnsureNetworkIdempotent(t *testing.T) {
 		t.Errorf("vxlan0 or br0 not up")
 	case vx.MTU != 1450 || br.Attrs().MTU != 1450:
 		t.Errorf("MTU vxlan0=%d br0=%d, want 1450", vx.MTU, br.Attrs().MTU)
+	}
+	if flags, err := ov.LinkGetProtinfo(vx); err != nil || flags.Learning || !flags.Flood {
+		t.Errorf("vxlan0's br0 port flags %s (%v), want learning off and flooding on", flags.String(), err)
 	}
 	addrs, err := ov.AddrList(br, netlink.FAMILY_V4)
 	if err != nil || len(addrs) != 1 || addrs[0].IPNet.String() != "10.10.0.1/24" {
@@ -206,6 +210,42 @@ func TestHealthAndRepair(t *testing.T) {
 		t.Errorf("Health after repair: %v", err)
 	}
 
+	// br0 learning on vxlan0 (an overlay made before issue 9 was fixed, or
+	// learning turned on by hand) is damage: EnsureNetwork turns it off and
+	// forgets what br0 learned there.
+	vx := mustLink(t, ov, VxlanName)
+	if err := ov.LinkSetLearning(vx, true); err != nil {
+		t.Fatal(err)
+	}
+	learned := mustMAC(t, "02:42:0a:0a:00:63")
+	if err := ov.NeighAdd(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_MASTER,
+		State: netlink.NUD_REACHABLE, HardwareAddr: learned}); err != nil {
+		t.Fatal(err)
+	}
+	if got := bridgeEntries(t, ov, learned); len(got) != 1 || got[0] != "vxlan0 dynamic" {
+		t.Fatalf("br0 entries for the learned MAC = %q, want one dynamic on vxlan0", got)
+	}
+	if err := health(); err == nil || !strings.Contains(err.Error(), "vxlan0: br0 learns MACs on it") {
+		t.Errorf("Health with learning on vxlan0's port = %v", err)
+	}
+	h.ensureNetwork(spec)
+	if err := health(); err != nil {
+		t.Errorf("Health after repair: %v", err)
+	}
+	if got := bridgeEntries(t, ov, learned); len(got) != 0 {
+		t.Errorf("br0 entries for the learned MAC after EnsureNetwork = %q, want none", got)
+	}
+	if err := ov.LinkSetFlood(vx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := health(); err == nil || !strings.Contains(err.Error(), "flooding is off") {
+		t.Errorf("Health with flooding off on vxlan0's port = %v", err)
+	}
+	h.ensureNetwork(spec)
+	if err := health(); err != nil {
+		t.Errorf("Health after repair: %v", err)
+	}
+
 	// Deleting br0 leaves the endpoints' ports in the namespace, off any
 	// bridge; the rebuilt br0 must take them back.
 	id := "feedfacecafe0123"
@@ -241,9 +281,9 @@ func TestHealthAndRepair(t *testing.T) {
 	spec2 := spec
 	spec2.Port = 4790
 	h.ensureNetwork(spec2)
-	vx := mustLink(t, ov, VxlanName).(*netlink.Vxlan)
-	if vx.Port != 4790 || vx.Index == old {
-		t.Errorf("vxlan0 port=%d index=%d (old %d), want recreated with 4790", vx.Port, vx.Index, old)
+	recreated := mustLink(t, ov, VxlanName).(*netlink.Vxlan)
+	if recreated.Port != 4790 || recreated.Index == old {
+		t.Errorf("vxlan0 port=%d index=%d (old %d), want recreated with 4790", recreated.Port, recreated.Index, old)
 	}
 	if err := health(); err == nil || !strings.Contains(err.Error(), "UDP port") {
 		t.Errorf("Health(old spec) after port change = %v, want port mismatch", err)
