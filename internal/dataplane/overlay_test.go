@@ -86,8 +86,11 @@ func TestDeleteNetworkLeavesNothing(t *testing.T) {
 	h := newTestHost(t, "del")
 	spec := testSpec(t, 101)
 	h.ensureNetwork(spec)
+	// Outside the closure: do runs it on another goroutine, where t.Fatal
+	// must not be called.
+	mac := mustMAC(t, "02:42:0a:0a:00:02")
 	h.do(func() error {
-		_, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 101, ID: "abcdef0123456789", MAC: mustMAC(t, "02:42:0a:0a:00:02")})
+		_, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 101, ID: "abcdef0123456789", MAC: mac})
 		return err
 	})
 	path := h.ov.NamespacePath(101)
@@ -249,8 +252,9 @@ func TestHealthAndRepair(t *testing.T) {
 	// Deleting br0 leaves the endpoints' ports in the namespace, off any
 	// bridge; the rebuilt br0 must take them back.
 	id := "feedfacecafe0123"
+	mac := mustMAC(t, "02:42:0a:0a:00:09")
 	h.do(func() error {
-		_, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 103, ID: id, MAC: mustMAC(t, "02:42:0a:0a:00:09"), MTU: spec.MTU})
+		_, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 103, ID: id, MAC: mac, MTU: spec.MTU})
 		return err
 	})
 	if err := ov.LinkDel(mustLink(t, ov, BridgeName)); err != nil {
