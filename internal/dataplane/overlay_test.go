@@ -1,6 +1,8 @@
 package dataplane
 
 import (
+	"fmt"
+
 	"github.com/vxovl/vxovl/internal/vxlan"
 	"golang.org/x/sys/unix"
 
@@ -449,5 +451,32 @@ func TestBadInput(t *testing.T) {
 	}
 	if got := HostIfName("0123456789abcdef"); got != "vxc0123456789" {
 		t.Errorf("HostIfName = %q", got)
+	}
+}
+
+// Health runs for every network at every reconcile, under the driver's lock;
+// it now also reads vxlan0's bridge port flags.
+func BenchmarkHealth(b *testing.B) {
+	for _, ports := range []int{0, 100} {
+		b.Run(fmt.Sprintf("endpoints=%d", ports), func(b *testing.B) {
+			h := newTestHost(b, "bh")
+			spec := testSpec(b, 107)
+			h.ensureNetwork(spec)
+			for i := range ports {
+				mac := net.HardwareAddr{2, 0x42, 0x0a, 0x0a, 1, byte(i)}
+				h.do(func() error {
+					_, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 107, ID: fmt.Sprintf("%010dbench", i), MAC: mac, MTU: spec.MTU})
+					return err
+				})
+			}
+			h.do(func() error {
+				for b.Loop() {
+					if err := h.ov.Health(spec); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		})
 	}
 }
