@@ -11,10 +11,10 @@ import (
 
 // Issue 9: a container that takes over an address from another host is reachable at once,
 // even when it never sends anything. Host 2 runs a server at 10.61.0.70 (Docker's own IPAM,
-// --ip); host 3 learns of it. The server moves to host 3 (docker rm -f, docker run --ip). The
+// --ip); host 3 programs it as remote. The server moves to host 3 (docker rm -f, docker run --ip). The
 // new server only listens, so the bridge on host 3 cannot learn where its MAC lives from its
-// traffic: it must already know. Host 1's client must get the page within 1 s once host 1's
-// tables point at host 3.
+// traffic: it must already know. Host 1's client must get the page in one try of 1 s once
+// host 1's tables point at host 3.
 func TestMovedAddress(t *testing.T) {
 	l := Up(t, 3)
 	for i := 1; i <= 3; i++ {
@@ -52,7 +52,7 @@ func TestMovedAddress(t *testing.T) {
 		fdb := FDB(t, ov3)
 		return mhLineWith(fdb, fmt.Sprintf("%s dev vxlan0 dst %s ", old.MAC, l.Addr(2))) != "", fdb
 	})
-	t.Logf("host 3 br0 entries for %s while it is on host 2:\n%s", old.MAC, bridgeLines(t, ov3, old.MAC))
+	t.Logf("host 3 FDB entries for %s while it is on host 2:\n%s", old.MAC, bridgeLines(t, ov3, old.MAC))
 
 	l.MustDocker(t, 2, "rm", "-f", "old")
 	moved := server(3, "moved")
@@ -64,7 +64,7 @@ func TestMovedAddress(t *testing.T) {
 		fdb := FDB(t, ov1)
 		return mhLineWith(fdb, fmt.Sprintf("%s dev vxlan0 dst %s ", moved.MAC, l.Addr(3))) != "", fdb
 	})
-	t.Logf("host 3 br0 entries for %s once it is on host 3:\n%s", moved.MAC, bridgeLines(t, ov3, moved.MAC))
+	t.Logf("host 3 FDB entries for %s once it is on host 3:\n%s", moved.MAC, bridgeLines(t, ov3, moved.MAC))
 	if sent := txPackets(t, l, 3, "moved"); sent != "0" {
 		t.Fatalf("the new server sent %s packets before anyone talked to it: host 3's bridge could learn its MAC from them, so this test would prove nothing", sent)
 	}
@@ -73,7 +73,7 @@ func TestMovedAddress(t *testing.T) {
 	out, err := fetch()
 	took := time.Since(start).Round(time.Millisecond)
 	if err != nil || out != "moved" {
-		t.Fatalf("client on host 1 got %q (%v) from %s in one try of 1 s after it moved to host 3 (took %v); host 3 br0 entries for %s:\n%s",
+		t.Fatalf("client on host 1 got %q (%v) from %s in one try of 1 s after it moved to host 3 (took %v); host 3 FDB entries for %s:\n%s",
 			out, err, addr, took, moved.MAC, bridgeLines(t, ov3, moved.MAC))
 	}
 	t.Logf("the moved server answered host 1 in %v (docker exec included)", took)
