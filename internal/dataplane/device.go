@@ -163,6 +163,8 @@ func newVxlan(name string, c vxlanConfig, mtu int) *netlink.Vxlan {
 		Port:      c.Port,
 		// Learning off: peers come from gossip as static entries, and a
 		// learned entry would let any sender on the underlay claim a MAC.
+		// (This is the device's own table; br0's learning on the vxlan0
+		// port is a separate switch, see ensureTunnelPort.)
 		Learning: false,
 		// Proxy on: ARP for known peers is answered locally from the static
 		// neighbor table instead of being flooded to every VTEP.
@@ -203,4 +205,123 @@ func newVeth(name, peer string, mac net.HardwareAddr, mtu int, peerNS int) *netl
 	v.PeerName = peer
 	v.PeerNamespace = netlink.NsFd(peerNS)
 	return v
+}
+
+// The two kinds of br0 port and their flags. vxovl knows every MAC in the
+// overlay, so br0 needs to learn none of them:
+//
+//   - vxlan0, the tunnel port, has learning off. br0 sees remote MACs as
+//     source there (their traffic, and vxlan0's ARP proxy answering with the
+//     remote MAC). A learned entry outlived the MAC: when the address moved to
+//     a container on this host, br0 kept sending frames for it that arrived on
+//     vxlan0 back to vxlan0, that is nowhere, until the new container sent
+//     something or the entry aged out (300 s); a container that only listens
+//     was unreachable (issue 9). It also let any sender on the underlay take
+//     a local container's MAC away from it. Remote MACs need no br0 entry:
+//     vxlan0's own static table knows each one's host, and br0 floods unknown
+//     unicast to vxlan0, so the port keeps flooding on.
+//   - an endpoint's port has its container's MAC pinned (a static, sticky
+//     entry) and takes no flooded unknown unicast: br0 always knows a local
+//     MAC, so an unknown one is remote and goes to vxlan0 only instead of
+//     being copied to every local container as well.
+//
+// A port put on a rebuilt br0 by attachPorts starts with the kernel's
+// defaults (learning and flooding on, no pin): it is still reachable, through
+// flooding.
+
+// ensureTunnelPort sets vxlan0's br0 port flags (no learning, flooding) and
+// forgets the entries br0 learned on it before: an overlay made by an older
+// vxovl, or learning turned on by hand.
+func ensureTunnelPort(h *netlink.Handle, vx netlink.Link) error {
+	flags, err := portFlags(h, vx)
+	if err != nil {
+		return err
+	}
+	if flags.Learning {
+		if err := h.LinkSetLearning(vx, false); err != nil {
+			return fmt.Errorf("turn off learning on bridge port %q: %w", vx.Attrs().Name, err)
+		}
+	}
+	if !flags.Flood {
+		if err := h.LinkSetFlood(vx, true); err != nil {
+			return fmt.Errorf("turn on unknown-unicast flooding to bridge port %q: %w", vx.Attrs().Name, err)
+		}
+	}
+	return flushLearned(h, vx)
+}
+
+// tunnelPortMismatch describes how vxlan0's br0 port flags differ from what
+// ensureTunnelPort sets, or returns "".
+func tunnelPortMismatch(flags netlink.Protinfo) string {
+	switch {
+	case flags.Learning:
+		return "br0 learns MACs on it (bridge port learning is on)"
+	case !flags.Flood:
+		return "br0 floods no unknown unicast to it (bridge port flooding is off)"
+	}
+	return ""
+}
+
+// portFlags reads l's bridge port flags.
+func portFlags(h *netlink.Handle, l netlink.Link) (netlink.Protinfo, error) {
+	flags, err := dump(func() ([]netlink.Protinfo, error) {
+		f, err := h.LinkGetProtinfo(l)
+		return []netlink.Protinfo{f}, err
+	})
+	if err != nil {
+		return netlink.Protinfo{}, fmt.Errorf("read bridge port flags of %q: %w", l.Attrs().Name, err)
+	}
+	return flags[0], nil
+}
+
+// flushLearned deletes the entries br0 learned on port l; static and local
+// entries stay.
+func flushLearned(h *netlink.Handle, l netlink.Link) error {
+	idx := l.Attrs().Index
+	fdb, err := dump(func() ([]netlink.Neigh, error) { return h.NeighList(idx, unix.AF_BRIDGE) })
+	if err != nil {
+		return fmt.Errorf("list forwarding entries on %q: %w", l.Attrs().Name, err)
+	}
+	for _, n := range fdb {
+		// The bridge's entries carry its index (NDA_MASTER); vxlan0's own carry none.
+		if n.MasterIndex == 0 || n.State&(netlink.NUD_PERMANENT|netlink.NUD_NOARP) != 0 {
+			continue
+		}
+		err := h.NeighDel(&netlink.Neigh{LinkIndex: idx, Family: unix.AF_BRIDGE, Flags: netlink.NTF_MASTER,
+			HardwareAddr: n.HardwareAddr, Vlan: n.Vlan})
+		if err != nil && !isNotFound(err) {
+			return fmt.Errorf("forget learned entry %s on %q: %w", n.HardwareAddr, l.Attrs().Name, err)
+		}
+	}
+	return nil
+}
+
+// pinEndpoint ties mac to the endpoint's br0 port and stops flooding unknown
+// unicast to it. Replacing the entry moves it from wherever br0 had the MAC
+// before (learned on vxlan0 while the address lived on another host, or
+// pinned to an earlier endpoint's port), so the container is reachable before
+// it sends anything. Sticky: a frame another port sends with this MAC as
+// source does not move it (kernels before 5.5 ignore the flag; the entry is
+// then static only).
+func pinEndpoint(h *netlink.Handle, port netlink.Link, mac net.HardwareAddr) error {
+	err := h.NeighSet(&netlink.Neigh{
+		LinkIndex:    port.Attrs().Index,
+		Family:       unix.AF_BRIDGE,
+		Flags:        netlink.NTF_MASTER | netlink.NTF_STICKY,
+		State:        netlink.NUD_NOARP, // static: never ages
+		HardwareAddr: mac,
+	})
+	if err != nil {
+		return fmt.Errorf("pin MAC %s to bridge port %q: %w", mac, port.Attrs().Name, err)
+	}
+	flags, err := portFlags(h, port)
+	if err != nil {
+		return err
+	}
+	if flags.Flood {
+		if err := h.LinkSetFlood(port, false); err != nil {
+			return fmt.Errorf("stop unknown-unicast flooding to bridge port %q: %w", port.Attrs().Name, err)
+		}
+	}
+	return nil
 }

@@ -30,7 +30,7 @@ func tables(t testing.TB, ov *netlink.Handle) (neighs, fdb []string, master int)
 	}
 	for _, n := range fs {
 		switch {
-		case n.Flags&netlink.NTF_MASTER != 0:
+		case n.MasterIndex != 0: // the bridge's entries come with NDA_MASTER, not NTF_MASTER
 			master++
 		case n.Flags&netlink.NTF_SELF != 0:
 			fdb = append(fdb, n.HardwareAddr.String()+" "+n.IP.String())

@@ -47,28 +47,38 @@ func onSwitchedThread(enter, fn func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
-		orig, err := netns.Get()
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("get current network namespace: %w", err)
-			return
-		}
-		defer orig.Close()
-		if err := enter(); err != nil {
-			runtime.UnlockOSThread()
-			errc <- err
-			return
-		}
-		fnErr := recovered(fn)
-		if err := netns.Set(orig); err != nil {
-			// Deliberately no UnlockOSThread: the thread dies with this goroutine.
-			errc <- errors.Join(fnErr, fmt.Errorf("restore network namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- fnErr
+		// fn may end this goroutine without returning: runtime.Goexit, which
+		// is what t.Fatal does when a test calls it in namespace work. The
+		// deferred send still answers the caller (who would otherwise wait
+		// forever), and the thread, maybe still in the other namespace, stays
+		// locked and dies with the goroutine.
+		err := errors.New("namespace work ended without returning (runtime.Goexit; in a test: t.Fatal inside Do, which must return an error instead)")
+		defer func() { errc <- err }()
+		err = switchedRun(enter, fn)
 	}()
 	return <-errc
+}
+
+// switchedRun is onSwitchedThread's work on its locked thread. It unlocks the
+// thread only once the thread is back in its original namespace.
+func switchedRun(enter, fn func() error) error {
+	orig, err := netns.Get()
+	if err != nil {
+		runtime.UnlockOSThread()
+		return fmt.Errorf("get current network namespace: %w", err)
+	}
+	defer orig.Close()
+	if err := enter(); err != nil {
+		runtime.UnlockOSThread()
+		return err
+	}
+	fnErr := recovered(fn)
+	if err := netns.Set(orig); err != nil {
+		// Deliberately no UnlockOSThread: the thread dies with its goroutine.
+		return errors.Join(fnErr, fmt.Errorf("restore network namespace: %w", err))
+	}
+	runtime.UnlockOSThread()
+	return fnErr
 }
 
 // recovered runs fn and turns a panic into an error: fn runs on a goroutine

@@ -8,6 +8,7 @@ import (
 	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
@@ -60,6 +61,27 @@ func TestDoSwitchesAndRestores(t *testing.T) {
 	// A panic in fn is an error of this call, not the end of the process.
 	if err := Do(ns, func() error { panic("bug") }); err == nil || !strings.Contains(err.Error(), "panic in namespace work: bug") {
 		t.Errorf("Do with a panicking fn = %v, want the panic as an error", err)
+	}
+}
+
+// A test that calls t.Fatal in namespace work ends Do's goroutine with
+// runtime.Goexit: Do must return an error, not leave the test hanging.
+func TestDoSurvivesGoexit(t *testing.T) {
+	requireRoot(t)
+	ns := newNS(t, "goexit")
+	done := make(chan error, 1)
+	go func() { done <- Do(ns, func() error { runtime.Goexit(); return nil }) }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "without returning") {
+			t.Errorf("Do with fn calling runtime.Goexit = %v, want an error saying it did not return", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Do still waiting 10 s after fn called runtime.Goexit")
+	}
+	// Later work still runs (on other threads).
+	if err := Do(ns, func() error { return nil }); err != nil {
+		t.Errorf("Do after a Goexit: %v", err)
 	}
 }
 

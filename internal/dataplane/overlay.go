@@ -5,7 +5,8 @@
 // Containers attach through veth pairs whose overlay end is a br0 port.
 //
 // Remote endpoints are programmed as static entries (ARP proxy neighbors and
-// FDB entries) on vxlan0; learning is off and nothing is multicast.
+// FDB entries) on vxlan0, local ones as static entries on their br0 ports;
+// neither vxlan0 nor br0's vxlan0 port learns, and nothing is multicast.
 //
 // All methods act on the calling thread's network namespace as "host". The
 // plugin runs in the host namespace, so that is simply the host.
@@ -256,6 +257,10 @@ func (o *Overlay) EnsureNetwork(spec NetworkSpec) (err error) {
 		return fmt.Errorf("VNI %d: %w", spec.VNI, err)
 	}
 	if err := setMaster(h.ov, vx, br); err != nil {
+		return fmt.Errorf("VNI %d: %w", spec.VNI, err)
+	}
+	// Before it goes up, so that br0 never learns on it.
+	if err := ensureTunnelPort(h.ov, vx); err != nil {
 		return fmt.Errorf("VNI %d: %w", spec.VNI, err)
 	}
 	if err := setUp(h.ov, vx); err != nil {
@@ -524,6 +529,9 @@ func (o *Overlay) EnsureEndpoint(spec EndpointSpec) (hostIfName string, err erro
 	if err := setMaster(h.ov, ovEnd, br); err != nil {
 		return "", err
 	}
+	if err := pinEndpoint(h.ov, ovEnd, spec.MAC); err != nil {
+		return "", err
+	}
 	if err := setUp(h.ov, ovEnd); err != nil {
 		return "", err
 	}
@@ -723,6 +731,13 @@ func (o *Overlay) Health(spec NetworkSpec) error {
 		return fmt.Errorf("VNI %d: %s is not attached to %s", spec.VNI, VxlanName, BridgeName)
 	case spec.MTU != 0 && vx.Attrs().MTU != spec.MTU:
 		return fmt.Errorf("VNI %d: %s has MTU %d, want %d", spec.VNI, VxlanName, vx.Attrs().MTU, spec.MTU)
+	}
+	flags, err := portFlags(h.ov, vx)
+	if err != nil {
+		return fmt.Errorf("VNI %d: %w", spec.VNI, err)
+	}
+	if why := tunnelPortMismatch(flags); why != "" {
+		return fmt.Errorf("VNI %d: %s: %s", spec.VNI, VxlanName, why)
 	}
 	ports, err := endpointPorts(h.ov)
 	if err != nil {

@@ -1,7 +1,10 @@
 package dataplane
 
 import (
+	"fmt"
+
 	"github.com/vxovl/vxovl/internal/vxlan"
+	"golang.org/x/sys/unix"
 
 	"errors"
 	"maps"
@@ -55,6 +58,9 @@ func TestEnsureNetworkIdempotent(t *testing.T) {
 	case vx.MTU != 1450 || br.Attrs().MTU != 1450:
 		t.Errorf("MTU vxlan0=%d br0=%d, want 1450", vx.MTU, br.Attrs().MTU)
 	}
+	if flags, err := ov.LinkGetProtinfo(vx); err != nil || flags.Learning || !flags.Flood {
+		t.Errorf("vxlan0's br0 port flags %s (%v), want learning off and flooding on", flags.String(), err)
+	}
 	addrs, err := ov.AddrList(br, netlink.FAMILY_V4)
 	if err != nil || len(addrs) != 1 || addrs[0].IPNet.String() != "10.10.0.1/24" {
 		t.Errorf("br0 addresses = %v (%v), want exactly 10.10.0.1/24", addrs, err)
@@ -82,8 +88,11 @@ func TestDeleteNetworkLeavesNothing(t *testing.T) {
 	h := newTestHost(t, "del")
 	spec := testSpec(t, 101)
 	h.ensureNetwork(spec)
+	// Outside the closure: do runs it on another goroutine, where t.Fatal
+	// must not be called.
+	mac := mustMAC(t, "02:42:0a:0a:00:02")
 	h.do(func() error {
-		_, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 101, ID: "abcdef0123456789", MAC: mustMAC(t, "02:42:0a:0a:00:02")})
+		_, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 101, ID: "abcdef0123456789", MAC: mac})
 		return err
 	})
 	path := h.ov.NamespacePath(101)
@@ -206,11 +215,48 @@ func TestHealthAndRepair(t *testing.T) {
 		t.Errorf("Health after repair: %v", err)
 	}
 
+	// br0 learning on vxlan0 (an overlay made before issue 9 was fixed, or
+	// learning turned on by hand) is damage: EnsureNetwork turns it off and
+	// forgets what br0 learned there.
+	vx := mustLink(t, ov, VxlanName)
+	if err := ov.LinkSetLearning(vx, true); err != nil {
+		t.Fatal(err)
+	}
+	learned := mustMAC(t, "02:42:0a:0a:00:63")
+	if err := ov.NeighAdd(&netlink.Neigh{LinkIndex: vx.Attrs().Index, Family: unix.AF_BRIDGE, Flags: netlink.NTF_MASTER,
+		State: netlink.NUD_REACHABLE, HardwareAddr: learned}); err != nil {
+		t.Fatal(err)
+	}
+	if got := bridgeEntries(t, ov, learned); len(got) != 1 || got[0] != "vxlan0 dynamic" {
+		t.Fatalf("br0 entries for the learned MAC = %q, want one dynamic on vxlan0", got)
+	}
+	if err := health(); err == nil || !strings.Contains(err.Error(), "vxlan0: br0 learns MACs on it") {
+		t.Errorf("Health with learning on vxlan0's port = %v", err)
+	}
+	h.ensureNetwork(spec)
+	if err := health(); err != nil {
+		t.Errorf("Health after repair: %v", err)
+	}
+	if got := bridgeEntries(t, ov, learned); len(got) != 0 {
+		t.Errorf("br0 entries for the learned MAC after EnsureNetwork = %q, want none", got)
+	}
+	if err := ov.LinkSetFlood(vx, false); err != nil {
+		t.Fatal(err)
+	}
+	if err := health(); err == nil || !strings.Contains(err.Error(), "flooding is off") {
+		t.Errorf("Health with flooding off on vxlan0's port = %v", err)
+	}
+	h.ensureNetwork(spec)
+	if err := health(); err != nil {
+		t.Errorf("Health after repair: %v", err)
+	}
+
 	// Deleting br0 leaves the endpoints' ports in the namespace, off any
 	// bridge; the rebuilt br0 must take them back.
 	id := "feedfacecafe0123"
+	mac := mustMAC(t, "02:42:0a:0a:00:09")
 	h.do(func() error {
-		_, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 103, ID: id, MAC: mustMAC(t, "02:42:0a:0a:00:09"), MTU: spec.MTU})
+		_, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 103, ID: id, MAC: mac, MTU: spec.MTU})
 		return err
 	})
 	if err := ov.LinkDel(mustLink(t, ov, BridgeName)); err != nil {
@@ -241,9 +287,9 @@ func TestHealthAndRepair(t *testing.T) {
 	spec2 := spec
 	spec2.Port = 4790
 	h.ensureNetwork(spec2)
-	vx := mustLink(t, ov, VxlanName).(*netlink.Vxlan)
-	if vx.Port != 4790 || vx.Index == old {
-		t.Errorf("vxlan0 port=%d index=%d (old %d), want recreated with 4790", vx.Port, vx.Index, old)
+	recreated := mustLink(t, ov, VxlanName).(*netlink.Vxlan)
+	if recreated.Port != 4790 || recreated.Index == old {
+		t.Errorf("vxlan0 port=%d index=%d (old %d), want recreated with 4790", recreated.Port, recreated.Index, old)
 	}
 	if err := health(); err == nil || !strings.Contains(err.Error(), "UDP port") {
 		t.Errorf("Health(old spec) after port change = %v, want port mismatch", err)
@@ -405,5 +451,32 @@ func TestBadInput(t *testing.T) {
 	}
 	if got := HostIfName("0123456789abcdef"); got != "vxc0123456789" {
 		t.Errorf("HostIfName = %q", got)
+	}
+}
+
+// Health runs for every network at every reconcile, under the driver's lock;
+// it now also reads vxlan0's bridge port flags.
+func BenchmarkHealth(b *testing.B) {
+	for _, ports := range []int{0, 100} {
+		b.Run(fmt.Sprintf("endpoints=%d", ports), func(b *testing.B) {
+			h := newTestHost(b, "bh")
+			spec := testSpec(b, 107)
+			h.ensureNetwork(spec)
+			for i := range ports {
+				mac := net.HardwareAddr{2, 0x42, 0x0a, 0x0a, 1, byte(i)}
+				h.do(func() error {
+					_, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 107, ID: fmt.Sprintf("%010dbench", i), MAC: mac, MTU: spec.MTU})
+					return err
+				})
+			}
+			h.do(func() error {
+				for b.Loop() {
+					if err := h.ov.Health(spec); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		})
 	}
 }
