@@ -17,6 +17,12 @@
 #                                     drop its mounts, exec root and network namespace, recreate
 #                                     them and start dockerd (data root and plugin state survive)
 #   lab.sh status                     what is running
+#   lab.sh compose I ARGS...          the lab's docker-compose against host I (v1 on Docker 20,
+#                                     trixie's compose v2 on Docker 26), in the current directory
+#   lab.sh fetch-docker26             unpack Debian trixie's docker.io 26.1, containerd,
+#                                     docker-compose v2 and tini into LAB_DOCKER26_DIR unless
+#                                     there already (make deps runs it); installs nothing
+#   lab.sh check-docker V             say what is missing to run Docker V (20 or 26) hosts
 #
 # Environment:
 #   LAB_NAME      prefix of namespaces and the lab dir (default vxlab)
@@ -28,6 +34,14 @@
 #                 (default build/plugin of this repository)
 #   LAB_PLUGIN_REF install-plugin pulls this reference (docker plugin install) instead of
 #                 creating the plugin from LAB_PLUGIN_DIR
+#   LAB_DOCKER    Docker version of the lab's hosts, chosen at up and kept for the lab's life:
+#                 20 (the system's docker.io 20.10, default) or 26 (trixie's docker.io 26.1
+#                 with compose v2, from LAB_DOCKER26_DIR)
+#   LAB_DOCKER26_DIR where fetch-docker26 unpacks Docker 26 (default /opt/vxovl-lab/trixie: a
+#                 machine-wide dependency like docker.io itself, shared by every clone, kept by
+#                 make clean)
+#   LAB_DEBIAN_MIRROR the Debian mirror fetch-docker26 reads trixie from (default: the one this
+#                 machine's apt sources name for bookworm)
 set -euo pipefail
 
 LAB_NAME=${LAB_NAME:-vxlab}
@@ -38,6 +52,7 @@ LAB_REGISTRY=${LAB_REGISTRY-$LAB_SUBNET.250:5000}
 LAB_PLUGIN=${LAB_PLUGIN:-vxovl}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LAB_PLUGIN_DIR=${LAB_PLUGIN_DIR:-$REPO_ROOT/build/plugin}
+LAB_DOCKER26_DIR=${LAB_DOCKER26_DIR:-/opt/vxovl-lab/trixie}
 WIRE=$LAB_NAME-wire
 
 case $LAB_DIR in
@@ -70,6 +85,127 @@ ldocker() {
 	local i=$1
 	shift
 	docker -H "$(sock "$i")" "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Docker versions: 20 is the system's docker.io; 26 is Debian trixie's, unpacked beside it.
+
+# The packages Docker 26 hosts run from. docker.io 26 has no client (the system's docker CLI
+# talks to both); tini-static is its docker-init.
+DOCKER26_DEBS="docker.io containerd docker-compose tini"
+
+# debian_mirror: the Debian mirror this machine's apt uses for a plain release suite (not
+# -security, not -updates), from deb822 .sources files or one-line sources.list files.
+debian_mirror() {
+	local f
+	if [ -n "${LAB_DEBIAN_MIRROR:-}" ]; then
+		echo "$LAB_DEBIAN_MIRROR"
+		return 0
+	fi
+	for f in /etc/apt/sources.list.d/*.sources; do
+		[ -f "$f" ] || continue
+		awk 'BEGIN { RS = ""; FS = "\n" }
+			{
+				types = ""; uris = ""; suites = ""; enabled = "yes"
+				for (i = 1; i <= NF; i++) {
+					line = $i
+					if (line ~ /^#/) continue
+					key = tolower(line); sub(/:.*/, "", key)
+					sub(/^[^:]*:[ \t]*/, "", line)
+					if (key == "types") types = " " line " "
+					else if (key == "uris") uris = line
+					else if (key == "suites") suites = " " line " "
+					else if (key == "enabled") enabled = tolower(line)
+				}
+				if (enabled != "no" && types ~ / deb / && suites ~ / (bullseye|bookworm|trixie|forky|sid|oldstable|stable|testing|unstable) /) {
+					split(uris, u, /[ \t]+/); print u[1]; exit
+				}
+			}' "$f"
+	done | head -n1 | grep . && return 0
+	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+		[ -f "$f" ] || continue
+		# deb [options] URI SUITE COMPONENT...
+		sed -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" && $3 ~ /^(bullseye|bookworm|trixie|forky|sid|oldstable|stable|testing|unstable)$/ { print $2; exit }'
+	done | head -n1 | grep . && return 0
+	return 1
+}
+
+# docker26_missing: what Docker 26 hosts lack here, one line each (nothing when ready).
+docker26_missing() {
+	local r=$LAB_DOCKER26_DIR/root f
+	if [ ! -d "$r" ]; then
+		echo "Docker 26 in $LAB_DOCKER26_DIR (run: make deps, or examples/lab/lab.sh fetch-docker26)"
+	else for f in usr/sbin/dockerd usr/bin/containerd usr/bin/containerd-shim-runc-v2 usr/bin/docker-init usr/bin/docker-compose; do
+		[ -x "$r/$f" ] || echo "$r/$f (run: make deps, or examples/lab/lab.sh fetch-docker26)"
+	done; fi
+	# Trixie's runc needs a newer glibc than bookworm's: Docker 26 hosts use the system's.
+	command -v runc >/dev/null || echo "runc (apt-get install runc; docker.io brings it)"
+}
+
+cmd_check_docker() {
+	local v=${1:?check-docker 20|26} missing
+	case $v in
+	20) missing=$(for b in dockerd containerd runc docker-compose; do command -v "$b" >/dev/null || echo "$b (run: make deps)"; done) ;;
+	26) missing=$(docker26_missing) ;;
+	*) die "check-docker: Docker $v is not a lab version (20 or 26)" ;;
+	esac
+	command -v docker >/dev/null || missing="$missing${missing:+
+}docker (the client; run: make deps)"
+	[ -z "$missing" ] || { printf 'Docker %s hosts cannot run here; missing:\n%s\n' "$v" "$missing" >&2; return 1; }
+}
+
+# fetch-docker26: download trixie's packages with a private apt state (the system's package
+# lists, cache and installed set stay untouched) and unpack them into LAB_DOCKER26_DIR. Nothing
+# is installed: dpkg -x only. A complete directory is left alone; a partial one is redone.
+cmd_fetch_docker26() {
+	local dir=$LAB_DOCKER26_DIR tmp mirror keyring="" A f
+	if [ -z "$(docker26_missing | grep -v '^runc')" ]; then
+		log "Docker 26 already unpacked in $dir"
+		return 0
+	fi
+	mkdir -p "$(dirname "$dir")"
+	# Two clones running make deps at once must not unpack into each other.
+	exec 9>"$dir.lock"
+	flock 9
+	if [ -z "$(docker26_missing | grep -v '^runc')" ]; then
+		return 0
+	fi
+	mirror=$(debian_mirror) || die "fetching Docker 26: no Debian mirror in /etc/apt/sources.list{,.d/*} (for bookworm or another Debian release).
+Docker 26 lab hosts run Debian trixie's docker.io, containerd, docker-compose and tini unpacked
+into $dir: set LAB_DEBIAN_MIRROR to a Debian mirror URL (the one that serves 'trixie main'), or
+unpack those packages there by hand (dpkg-deb -x each .deb into $dir/root)."
+	command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || die "fetching Docker 26 needs apt-get and dpkg-deb"
+	local start=$SECONDS
+	tmp=$(mktemp -d "$dir.new.XXXXXX")
+	trap 'rm -rf "$tmp"' EXIT
+	mkdir -p "$tmp/apt/etc" "$tmp/apt/state/lists/partial" "$tmp/apt/cache/archives/partial" "$tmp/debs" "$tmp/root"
+	# The archive's keyring when the system has it (deb822 sources name it rather than trusting
+	# it globally); else apt's trusted keys.
+	[ ! -f /usr/share/keyrings/debian-archive-keyring.gpg ] || keyring="[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+	echo "deb $keyring$mirror trixie main" >"$tmp/apt/etc/sources.list"
+	A=(-o "Dir::Etc::SourceList=$tmp/apt/etc/sources.list" -o Dir::Etc::SourceParts=/dev/null
+		-o "Dir::State=$tmp/apt/state" -o "Dir::Cache=$tmp/apt/cache" -o Dir::State::status=/var/lib/dpkg/status
+		-o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false -o APT::Sandbox::User=root -q)
+	log "fetching Docker 26 ($DOCKER26_DEBS) from $mirror trixie into $dir"
+	apt-get "${A[@]}" update >"$tmp/apt.log" 2>&1 || die "apt-get update for trixie failed (log below)
+$(cat "$tmp/apt.log")"
+	# shellcheck disable=SC2086 # a list of package names
+	(cd "$tmp/debs" && apt-get "${A[@]}" download $DOCKER26_DEBS) >>"$tmp/apt.log" 2>&1 || die "apt-get download from trixie failed (log below)
+$(cat "$tmp/apt.log")"
+	for f in "$tmp"/debs/*.deb; do dpkg-deb -x "$f" "$tmp/root"; done
+	# Trixie's runc and dynamic tini need glibc 2.38: the system's runc runs the containers and
+	# tini-static (docker-init) the --init processes.
+	rm -f "$tmp/root/usr/sbin/runc" "$tmp/root/usr/bin/runc" "$tmp/root/usr/bin/tini"
+	(cd "$tmp/debs" && ls -1 *.deb) >"$tmp/PACKAGES"
+	rm -rf "$tmp/apt" "$tmp/debs"
+	chmod 0755 "$tmp"
+	# Whole or not at all: a partial directory from an interrupted run goes, the new one moves in.
+	rm -rf "$dir"
+	mv "$tmp" "$dir"
+	trap - EXIT
+	log "Docker 26 unpacked in $dir ($((SECONDS - start))s): $(tr '\n' ' ' <"$dir/PACKAGES")"
+	"$dir/root/usr/sbin/dockerd" --version >&2
+	"$dir/root/usr/bin/docker-compose" version >&2
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -473,6 +609,8 @@ start-host) cmd_start_host "$@" ;;
 reboot-host) cmd_reboot_host "$@" ;;
 status) cmd_status ;;
 pids) lab_pids ;;
+fetch-docker26) cmd_fetch_docker26 ;;
+check-docker) cmd_check_docker "$@" ;;
 *)
 	sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
 	exit 2
