@@ -6,7 +6,8 @@
 #   lab.sh up N                       start hosts 1..N
 #   lab.sh down                       stop and remove everything the lab made (idempotent)
 #   lab.sh docker I ARGS...           docker client against host I
-#   lab.sh exec I CMD...              run CMD in host I's network namespace
+#   lab.sh exec I CMD...              run CMD in host I's network namespace (I = wire: in the
+#                                     underlay's namespace, which holds LAB_DNS and the registry)
 #   lab.sh install-plugin I [K=V...]  create, configure and enable vxovl on host I
 #   lab.sh registry                   start a local registry on the underlay ($LAB_REGISTRY)
 #   lab.sh overlays I                 list the overlay namespaces vxovl pinned on host I
@@ -37,6 +38,10 @@
 #   LAB_DOCKER    Docker version of the lab's hosts, chosen at up and kept for the lab's life:
 #                 20 (the system's docker.io 20.10, default) or 26 (trixie's docker.io 26.1
 #                 with compose v2, from LAB_DOCKER26_DIR)
+#   LAB_DNS       the lab's upstream DNS server address, on the wire namespace's bridge (default
+#                 $LAB_SUBNET.253): every host's private /etc/resolv.conf names only it, so
+#                 nothing in the lab asks the machine's resolver; nothing answers there unless a
+#                 test serves DNS on it (lab.sh exec wire CMD...)
 #   LAB_DOCKER26_DIR where fetch-docker26 unpacks Docker 26 (default /opt/vxovl-lab/trixie: a
 #                 machine-wide dependency like docker.io itself, shared by every clone, kept by
 #                 make clean)
@@ -53,6 +58,7 @@ LAB_PLUGIN=${LAB_PLUGIN:-vxovl}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LAB_PLUGIN_DIR=${LAB_PLUGIN_DIR:-$REPO_ROOT/build/plugin}
 LAB_DOCKER26_DIR=${LAB_DOCKER26_DIR:-/opt/vxovl-lab/trixie}
+LAB_DNS=${LAB_DNS:-$LAB_SUBNET.253}
 WIRE=$LAB_NAME-wire
 
 case $LAB_DIR in
@@ -152,6 +158,37 @@ cmd_check_docker() {
 	command -v docker >/dev/null || missing="$missing${missing:+
 }docker (the client; run: make deps)"
 	[ -z "$missing" ] || { printf 'Docker %s hosts cannot run here; missing:\n%s\n' "$v" "$missing" >&2; return 1; }
+}
+
+# lab_docker: the Docker version of this lab's hosts: chosen at up (LAB_DOCKER) and kept in the
+# lab dir, so later commands (start-host, compose, ...) need not repeat it.
+lab_docker() {
+	local kept
+	kept=$(cat "$LAB_DIR/docker-version" 2>/dev/null || true)
+	if [ -n "$kept" ]; then
+		[ -z "${LAB_DOCKER:-}" ] || [ "$LAB_DOCKER" = "$kept" ] ||
+			die "lab $LAB_NAME runs Docker $kept, not LAB_DOCKER=$LAB_DOCKER (lab.sh down first)"
+		echo "$kept"
+	else
+		echo "${LAB_DOCKER:-20}"
+	fi
+}
+
+# dockerd_path: PATH for a host's dockerd. Docker 26's dockerd finds its containerd, shims,
+# docker-proxy and docker-init (tini-static) there, and the system's runc after them.
+dockerd_path() {
+	case $(lab_docker) in
+	26) echo "$LAB_DOCKER26_DIR/root/usr/sbin:$LAB_DOCKER26_DIR/root/usr/bin:$PATH" ;;
+	*) echo "$PATH" ;;
+	esac
+}
+
+# compose_bin: compose v1 (docker-compose 1.29) with Docker 20, trixie's v2 with Docker 26.
+compose_bin() {
+	case $(lab_docker) in
+	26) echo "$LAB_DOCKER26_DIR/root/usr/bin/docker-compose" ;;
+	*) command -v docker-compose || die "docker-compose not found: run make deps" ;;
+	esac
 }
 
 # fetch-docker26: download trixie's packages with a private apt state (the system's package
@@ -274,13 +311,18 @@ start_dockerd() {
 	mountpoint -q "$d/exec" || mount --bind "$d/exec" "$d/exec"
 	mount --make-shared "$d/exec"
 	[ -z "$LAB_REGISTRY" ] || regflag="--insecure-registry $LAB_REGISTRY"
+	# The host's resolver is the lab's (LAB_DNS), never the machine's: dockerd hands it to
+	# containers' embedded DNS and bind-mounts it into plugins with host networking.
+	printf 'nameserver %s\noptions timeout:1 attempts:1\n' "$LAB_DNS" >"$d/resolv.conf"
 	# ip netns exec would remount /sys and hide the cgroup mounts dockerd needs: use nsenter for
-	# the network and unshare for a private mount (own plugin sockets, own daemon id) and UTS.
+	# the network and unshare for a private mount (own plugin sockets, own daemon id, own
+	# resolv.conf) and UTS.
 	nsenter --net="/run/netns/$ns" unshare --mount --uts --propagation unchanged sh -c "
 		hostname $ns
 		mount --bind $d/run-plugins /run/docker/plugins
 		mount --bind $d/etc-docker /etc/docker
-		exec setsid dockerd --data-root $d/data --exec-root $d/exec -H $(sock "$i") \
+		mount --bind $d/resolv.conf /etc/resolv.conf
+		PATH=$(dockerd_path) exec setsid dockerd --data-root $d/data --exec-root $d/exec -H $(sock "$i") \
 			--pidfile $d/pid --iptables=false --bridge=none $regflag $*" \
 		>>"$d/dockerd.log" 2>&1 </dev/null &
 }
@@ -300,16 +342,19 @@ cmd_up() {
 	local n=${1:-3} i
 	[[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || die "up N: N must be 1..200"
 	[ ! -e "/run/netns/$WIRE" ] || die "lab $LAB_NAME is already up (lab.sh down first)"
-	command -v dockerd >/dev/null || die "dockerd not found: run make deps"
+	local v=${LAB_DOCKER:-20}
+	cmd_check_docker "$v" || die "lab $LAB_NAME cannot start Docker $v hosts"
 	mkdir -p "$LAB_DIR"
+	echo "$v" >"$LAB_DIR/docker-version"
 	build_images
 
 	ip netns add "$WIRE"
 	ip -n "$WIRE" link set lo up
 	ip -n "$WIRE" link add ulbr type bridge # not "br": ip parses that as a keyword
 	ip -n "$WIRE" link set ulbr up
-	# The wire namespace holds .250 for the lab registry.
+	# The wire namespace holds .250 for the lab registry and LAB_DNS for a test's DNS server.
 	ip -n "$WIRE" addr add "$LAB_SUBNET.250/24" dev ulbr
+	ip -n "$WIRE" addr add "$LAB_DNS/24" dev ulbr
 	for i in $(seq 1 "$n"); do
 		add_host_netns "$i"
 		start_dockerd "$i"
@@ -325,7 +370,7 @@ cmd_up() {
 		pids+=($!)
 	done
 	for i in "${pids[@]}"; do wait "$i" || die "importing images failed"; done
-	log "up: $n hosts on $LAB_SUBNET.0/24 (${SECONDS}s); try: $0 docker 1 ps"
+	log "up: $n Docker $v hosts on $LAB_SUBNET.0/24 (${SECONDS}s); try: $0 docker 1 ps"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -402,7 +447,8 @@ stop_dockerd() {
 	pid=$(cat "$d/pid" 2>/dev/null || true)
 	[ -n "$pid" ] && alive "$pid" || return 0
 	kill -TERM "$pid" 2>/dev/null || true
-	wait_until 15 sh -c "! kill -0 $pid" || { log "dockerd $pid (host $i) ignored TERM: KILL"; kill -KILL "$pid" 2>/dev/null || true; }
+	# Docker 26 takes about 12s when a container ignores SIGTERM.
+	wait_until 30 sh -c "! kill -0 $pid" || { log "dockerd $pid (host $i) ignored TERM for 30s: KILL"; kill -KILL "$pid" 2>/dev/null || true; }
 }
 
 kill_leftovers() {
@@ -469,13 +515,13 @@ cmd_down() {
 # ---------------------------------------------------------------------------------------------
 # stop, start, reboot one host
 
-# stop_host I: TERM dockerd and wait (KILL after 20s); unlike down it removes nothing.
+# stop_host I: TERM dockerd and wait (KILL after 30s); unlike down it removes nothing.
 cmd_stop_host() {
 	local i=${1:?stop-host I} pid
 	pid=$(cat "$(hostdir "$i")/pid" 2>/dev/null || true)
 	[ -n "$pid" ] && alive "$pid" || return 0
 	kill -TERM "$pid"
-	wait_until 20 sh -c "! kill -0 $pid" || { log "dockerd $pid (host $i) ignored TERM: KILL"; kill -KILL "$pid" 2>/dev/null || true; }
+	wait_until 30 sh -c "! kill -0 $pid" || { log "dockerd $pid (host $i) ignored TERM for 30s: KILL"; kill -KILL "$pid" 2>/dev/null || true; }
 }
 
 cmd_start_host() {
@@ -572,7 +618,7 @@ cmd_overlays() {
 
 cmd_status() {
 	local i pid
-	echo "lab $LAB_NAME: dir $LAB_DIR, underlay $LAB_SUBNET.0/24"
+	echo "lab $LAB_NAME: Docker $(lab_docker), dir $LAB_DIR, underlay $LAB_SUBNET.0/24, DNS $LAB_DNS"
 	ip netns list | grep "^$LAB_NAME-" || echo "(no namespaces)"
 	for i in $(hosts); do
 		pid=$(cat "$(hostdir "$i")/pid" 2>/dev/null || true)
@@ -589,6 +635,10 @@ cmd_status() {
 cmd=${1:-}
 [ $# -eq 0 ] || shift
 case $cmd in
+up | down | fetch-docker26 | check-docker | pids | "") ;;
+*) lab_docker >/dev/null ;; # a LAB_DOCKER that contradicts the running lab ends here
+esac
+case $cmd in
 up) cmd_up "$@" ;;
 down) cmd_down ;;
 docker)
@@ -599,7 +649,13 @@ docker)
 exec)
 	i=${1:?exec I CMD...}
 	shift
+	if [ "$i" = wire ]; then exec nsenter --net="/run/netns/$WIRE" "$@"; fi
 	exec nsenter --net="/run/netns/$(hostns "$i")" "$@"
+	;;
+compose)
+	i=${1:?compose I ARGS...}
+	shift
+	DOCKER_HOST=$(sock "$i") exec "$(compose_bin)" "$@"
 	;;
 install-plugin) cmd_install_plugin "$@" ;;
 registry) cmd_registry ;;
