@@ -74,7 +74,9 @@ die() { printf 'lab.sh: %s\n' "$*" >&2; exit 1; }
 hostdir() { echo "$LAB_DIR/h$1"; }
 hostns() { echo "$LAB_NAME-h$1"; }
 hostaddr() { echo "$LAB_SUBNET.$1"; }
-sock() { echo "unix://$(hostdir "$1")/docker.sock"; }
+# A host's API socket sits in a directory of its own, as /run/docker.sock does on a real host:
+# the plugin's "docker" mount binds that directory.
+sock() { echo "unix://$(hostdir "$1")/run/docker.sock"; }
 
 # Hosts that exist, from their dirs (so down works without knowing N).
 hosts() {
@@ -299,7 +301,7 @@ start_dockerd() {
 	shift
 	d=$(hostdir "$i")
 	ns=$(hostns "$i")
-	mkdir -p "$d/data" "$d/exec" "$d/state" "$d/etc-docker/plugins"
+	mkdir -p "$d/data" "$d/exec" "$d/state" "$d/etc-docker/plugins" "$d/run"
 	# The host's own /run/docker/plugins (plugin sockets, fifos) outlives a dockerd restart, as
 	# on a real host: --live-restore reattaches to the running plugin through it.
 	mkdir -p -m 0700 "$d/run-plugins"
@@ -433,7 +435,7 @@ stop_dockerd() {
 	local i=$1 d pid
 	d=$(hostdir "$i")
 	# Graceful first, so plugins see their networks and endpoints go away.
-	if [ -S "$d/docker.sock" ] && timeout 5 docker -H "$(sock "$i")" info >/dev/null 2>&1; then
+	if [ -S "$d/run/docker.sock" ] && timeout 5 docker -H "$(sock "$i")" info >/dev/null 2>&1; then
 		local ids
 		ids=$(ldocker "$i" ps -aq 2>/dev/null || true)
 		[ -z "$ids" ] || ldocker "$i" rm -f $ids >/dev/null 2>&1 || true
@@ -582,7 +584,8 @@ cmd_install_plugin() {
 	else
 		ldocker "$i" plugin create "$LAB_PLUGIN" "$LAB_PLUGIN_DIR" >/dev/null
 	fi
-	ldocker "$i" plugin set "$LAB_PLUGIN" "state.source=$d/state" "$@"
+	# The plugin reaches this host's dockerd through its own socket, not the machine's.
+	ldocker "$i" plugin set "$LAB_PLUGIN" "state.source=$d/state" "docker.source=$d/run" "$@"
 	ldocker "$i" plugin enable "$LAB_PLUGIN" >/dev/null
 }
 
