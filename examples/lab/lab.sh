@@ -396,7 +396,8 @@ lab_pids() {
 	self=" $$ $(ancestors $$) "
 	{
 		if [ -n "${inodes// /}" ]; then
-			stat -L -c '%i %n' /proc/[0-9]*/ns/net 2>/dev/null |
+			# stat fails on a process that exits after the glob: not an error.
+			{ stat -L -c '%i %n' /proc/[0-9]*/ns/net 2>/dev/null || true; } |
 				awk -v want="$inodes" 'BEGIN { split(want, w, " "); for (k in w) ok[w[k]] = 1 }
 					($1 in ok) { split($2, f, "/"); print f[3] }'
 		fi

@@ -78,6 +78,18 @@ func TestDocker26(t *testing.T) {
 			t.Errorf("the fake upstream never heard host 1 (%s) ask for upstream.lab.test: %v", l.Addr(1), up.Queries())
 		}
 	})
+
+	// Down with dockerd 26, a plugin and a container still running leaves nothing behind.
+	t.Run("down leaves nothing", func(t *testing.T) {
+		start := time.Now()
+		if err := l.Down(); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("lab down 2 (Docker 26): %v", time.Since(start).Round(10*time.Millisecond))
+		if left, err := l.Leftovers(); err != nil || len(left) > 0 {
+			t.Errorf("lab down left %v (%v)", left, err)
+		}
+	})
 }
 
 // pluginSeesDockerd checks that host i's plugin finds host i's current API socket at

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -58,29 +57,8 @@ func TestLabLeavesNothing(t *testing.T) {
 	}
 	t.Logf("lab down 3: %v", time.Since(start).Round(10*time.Millisecond))
 
-	if pids, err := l.run(nil, "pids"); err != nil || pids != "" {
-		t.Errorf("processes left behind: %q (%v)", pids, err)
-	}
-	mounts, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(mounts), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && (f[4] == l.Dir || strings.HasPrefix(f[4], l.Dir+"/")) {
-			t.Errorf("mount left behind: %s", f[4])
-		}
-	}
-	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip netns list: %v\n%s", err, out)
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(line, l.Name+"-") {
-			t.Errorf("namespace left behind: %s", line)
-		}
-	}
-	if _, err := os.Stat(l.Dir); !os.IsNotExist(err) {
-		t.Errorf("%s left behind (stat: %v)", l.Dir, err)
+	if left, err := l.Leftovers(); err != nil || len(left) > 0 {
+		t.Errorf("lab down left %v (%v)", left, err)
 	}
 }
 

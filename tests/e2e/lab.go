@@ -185,6 +185,41 @@ func (l *Lab) Down() error {
 	return nil
 }
 
+// Leftovers lists what the lab left on this machine: processes, mounts under its directory,
+// network namespaces, the directory itself. Nothing after a clean down.
+func (l *Lab) Leftovers() ([]string, error) {
+	var left []string
+	pids, err := l.run(nil, "pids")
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range strings.Fields(pids) {
+		left = append(left, "process "+p)
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && (f[4] == l.Dir || strings.HasPrefix(f[4], l.Dir+"/")) {
+			left = append(left, "mount "+f[4])
+		}
+	}
+	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("ip netns list: %w: %s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, l.Name+"-") {
+			left = append(left, "namespace "+strings.Fields(line)[0])
+		}
+	}
+	if _, err := os.Stat(l.Dir); !os.IsNotExist(err) {
+		left = append(left, "directory "+l.Dir)
+	}
+	return left, nil
+}
+
 // run calls lab.sh with the lab's settings and extra environment.
 func (l *Lab) run(env []string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
