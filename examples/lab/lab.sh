@@ -69,6 +69,7 @@ case $LAB_SUBNET in
 esac
 
 log() { printf '[lab %s] %s\n' "$LAB_NAME" "$*" >&2; }
+note() { printf 'lab.sh: %s\n' "$*" >&2; }
 die() { printf 'lab.sh: %s\n' "$*" >&2; exit 1; }
 
 hostdir() { echo "$LAB_DIR/h$1"; }
@@ -199,7 +200,7 @@ compose_bin() {
 cmd_fetch_docker26() {
 	local dir=$LAB_DOCKER26_DIR tmp mirror keyring="" A f
 	if [ -z "$(docker26_missing | grep -v '^runc')" ]; then
-		log "Docker 26 already unpacked in $dir"
+		note "Docker 26 already unpacked in $dir"
 		return 0
 	fi
 	mkdir -p "$(dirname "$dir")"
@@ -225,7 +226,7 @@ unpack those packages there by hand (dpkg-deb -x each .deb into $dir/root)."
 	A=(-o "Dir::Etc::SourceList=$tmp/apt/etc/sources.list" -o Dir::Etc::SourceParts=/dev/null
 		-o "Dir::State=$tmp/apt/state" -o "Dir::Cache=$tmp/apt/cache" -o Dir::State::status=/var/lib/dpkg/status
 		-o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false -o APT::Sandbox::User=root -q)
-	log "fetching Docker 26 ($DOCKER26_DEBS) from $mirror trixie into $dir"
+	note "fetching Docker 26 ($DOCKER26_DEBS) from $mirror trixie into $dir"
 	apt-get "${A[@]}" update >"$tmp/apt.log" 2>&1 || die "apt-get update for trixie failed (log below)
 $(cat "$tmp/apt.log")"
 	# shellcheck disable=SC2086 # a list of package names
@@ -242,7 +243,7 @@ $(cat "$tmp/apt.log")"
 	rm -rf "$dir"
 	mv "$tmp" "$dir"
 	trap - EXIT
-	log "Docker 26 unpacked in $dir ($((SECONDS - start))s): $(tr '\n' ' ' <"$dir/PACKAGES")"
+	note "Docker 26 unpacked in $dir ($((SECONDS - start))s): $(tr '\n' ' ' <"$dir/PACKAGES")"
 	"$dir/root/usr/sbin/dockerd" --version >&2
 	"$dir/root/usr/bin/docker-compose" version >&2
 }
