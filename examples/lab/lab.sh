@@ -106,12 +106,13 @@ DOCKER26_DEBS="docker.io containerd docker-compose tini"
 # debian_mirror: the Debian mirror this machine's apt uses for a plain release suite (not
 # -security, not -updates), from deb822 .sources files or one-line sources.list files.
 debian_mirror() {
-	local f
+	local f m
 	if [ -n "${LAB_DEBIAN_MIRROR:-}" ]; then
 		echo "$LAB_DEBIAN_MIRROR"
 		return 0
 	fi
-	for f in /etc/apt/sources.list.d/*.sources; do
+	# sed -n 1p reads all its input: head would end the loop early with SIGPIPE (and pipefail).
+	m=$(for f in /etc/apt/sources.list.d/*.sources; do
 		[ -f "$f" ] || continue
 		awk 'BEGIN { RS = ""; FS = "\n" }
 			{
@@ -130,13 +131,15 @@ debian_mirror() {
 					split(uris, u, /[ \t]+/); print u[1]; exit
 				}
 			}' "$f"
-	done | head -n1 | grep . && return 0
-	for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-		[ -f "$f" ] || continue
-		# deb [options] URI SUITE COMPONENT...
-		sed -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" && $3 ~ /^(bullseye|bookworm|trixie|forky|sid|oldstable|stable|testing|unstable)$/ { print $2; exit }'
-	done | head -n1 | grep . && return 0
-	return 1
+	done | sed -n 1p)
+	if [ -z "$m" ]; then
+		m=$(for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+			[ -f "$f" ] || continue
+			# deb [options] URI SUITE COMPONENT...
+			sed -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" && $3 ~ /^(bullseye|bookworm|trixie|forky|sid|oldstable|stable|testing|unstable)$/ { print $2 }'
+		done | sed -n 1p)
+	fi
+	[ -n "$m" ] && echo "$m"
 }
 
 # docker26_missing: what Docker 26 hosts lack here, one line each (nothing when ready).
@@ -227,7 +230,7 @@ unpack those packages there by hand (dpkg-deb -x each .deb into $dir/root)."
 		-o "Dir::State=$tmp/apt/state" -o "Dir::Cache=$tmp/apt/cache" -o Dir::State::status=/var/lib/dpkg/status
 		-o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false -o APT::Sandbox::User=root -q)
 	note "fetching Docker 26 ($DOCKER26_DEBS) from $mirror trixie into $dir"
-	apt-get "${A[@]}" update >"$tmp/apt.log" 2>&1 || die "apt-get update for trixie failed (log below)
+	apt-get "${A[@]}" update >"$tmp/apt.log" 2>&1 || die "apt-get update for trixie failed (log below; NO_PUBKEY: apt-get install debian-archive-keyring)
 $(cat "$tmp/apt.log")"
 	# shellcheck disable=SC2086 # a list of package names
 	(cd "$tmp/debs" && apt-get "${A[@]}" download $DOCKER26_DEBS) >>"$tmp/apt.log" 2>&1 || die "apt-get download from trixie failed (log below)
