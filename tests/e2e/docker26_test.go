@@ -29,20 +29,7 @@ func TestDocker26(t *testing.T) {
 	t.Run("cross-host", func(t *testing.T) { crossHost(t, l) })
 	t.Run("compose v2 example", func(t *testing.T) { composeExample(t, l) })
 
-	// The plugin resolves through the lab's DNS only (dockerd binds the host's resolv.conf into
-	// it) and reaches its own host's dockerd through the "docker" mount.
-	t.Run("plugin sees the lab's resolver and dockerd", func(t *testing.T) {
-		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/etc/resolv.conf", l.pluginPID(t, 1)))
-		if err != nil {
-			t.Fatalf("the plugin's resolv.conf: %v", err)
-		}
-		if got, want := nameservers(string(b)), []string{l.DNS()}; !slices.Equal(got, want) {
-			t.Errorf("the plugin's nameservers %v, want only the lab's %v:\n%s", got, want, b)
-		}
-		if err := l.pluginSeesDockerd(1); err != nil {
-			t.Error(err)
-		}
-	})
+	t.Run("plugin sees the lab's resolver and dockerd", func(t *testing.T) { pluginSeesLab(t, l, 1) })
 
 	// dockerd recreates its socket at each start while --live-restore keeps the plugin running:
 	// the plugin must see the new socket, not keep a bind of the old one.
@@ -90,6 +77,23 @@ func TestDocker26(t *testing.T) {
 			t.Errorf("lab down left %v (%v)", left, err)
 		}
 	})
+}
+
+// pluginSeesLab checks host i's plugin: it resolves through the lab's DNS only (dockerd binds
+// the host's resolv.conf into plugins with host networking) and reaches its own host's dockerd
+// through the "docker" mount.
+func pluginSeesLab(t *testing.T, l *Lab, i int) {
+	t.Helper()
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/root/etc/resolv.conf", l.pluginPID(t, i)))
+	if err != nil {
+		t.Fatalf("host %d: the plugin's resolv.conf: %v", i, err)
+	}
+	if got, want := nameservers(string(b)), []string{l.DNS()}; !slices.Equal(got, want) {
+		t.Errorf("host %d: the plugin's nameservers %v, want only the lab's %v:\n%s", i, got, want, b)
+	}
+	if err := l.pluginSeesDockerd(i); err != nil {
+		t.Error(err)
+	}
 }
 
 // pluginSeesDockerd checks that host i's plugin finds host i's current API socket at

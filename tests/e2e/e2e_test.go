@@ -152,6 +152,7 @@ func TestCrossHost(t *testing.T) {
 		l.InstallPlugin(t, i, "PEERS="+l.PeersExcept(i))
 	}
 	crossHost(t, l)
+	pluginSeesLab(t, l, 2)
 }
 
 // crossHost is TestCrossHost's scenario in a 2-host lab with vxovl installed and peered.
