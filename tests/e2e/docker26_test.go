@@ -117,7 +117,7 @@ func (l *Lab) pluginSeesDockerd(i int) error {
 	return nil
 }
 
-// waitPluginPID is the pid of host i's plugin once it runs (dockerd enables it after it answers).
+// waitPluginPID is the pid of host i's plugin once it runs (just after a dockerd start it may not).
 func (l *Lab) waitPluginPID(t testing.TB, i int) int {
 	t.Helper()
 	var pid int
