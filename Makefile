@@ -48,6 +48,10 @@ deps:
 		[ -z "$$nopolicy" ] || rm -f /usr/sbin/policy-rc.d; \
 		exit $$rc; \
 	fi
+	@# Docker 26 for the e2e tests' second Docker version: Debian trixie's docker.io, containerd,
+	@# docker-compose v2 and tini unpacked side by side (never installed over the system's), in
+	@# /opt/vxovl-lab/trixie (LAB_DOCKER26_DIR), which `make clean` keeps like any installed package.
+	@examples/lab/lab.sh fetch-docker26
 	@command -v $(GO) >/dev/null || { echo "Go not found: install it under /usr/local/go" >&2; exit 1; }
 	@modprobe -q vxlan 2>/dev/null || true
 	@modprobe -q bridge 2>/dev/null || true

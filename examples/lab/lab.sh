@@ -6,7 +6,8 @@
 #   lab.sh up N                       start hosts 1..N
 #   lab.sh down                       stop and remove everything the lab made (idempotent)
 #   lab.sh docker I ARGS...           docker client against host I
-#   lab.sh exec I CMD...              run CMD in host I's network namespace
+#   lab.sh exec I CMD...              run CMD in host I's network namespace (I = wire: in the
+#                                     underlay's namespace, which holds LAB_DNS and the registry)
 #   lab.sh install-plugin I [K=V...]  create, configure and enable vxovl on host I
 #   lab.sh registry                   start a local registry on the underlay ($LAB_REGISTRY)
 #   lab.sh overlays I                 list the overlay namespaces vxovl pinned on host I
@@ -17,6 +18,12 @@
 #                                     drop its mounts, exec root and network namespace, recreate
 #                                     them and start dockerd (data root and plugin state survive)
 #   lab.sh status                     what is running
+#   lab.sh compose I ARGS...          the lab's docker-compose against host I (v1 on Docker 20,
+#                                     trixie's compose v2 on Docker 26), in the current directory
+#   lab.sh fetch-docker26             unpack Debian trixie's docker.io 26.1, containerd,
+#                                     docker-compose v2 and tini into LAB_DOCKER26_DIR unless
+#                                     there already (make deps runs it); installs nothing
+#   lab.sh check-docker V             say what is missing to run Docker V (20 or 26) hosts
 #
 # Environment:
 #   LAB_NAME      prefix of namespaces and the lab dir (default vxlab)
@@ -28,6 +35,18 @@
 #                 (default build/plugin of this repository)
 #   LAB_PLUGIN_REF install-plugin pulls this reference (docker plugin install) instead of
 #                 creating the plugin from LAB_PLUGIN_DIR
+#   LAB_DOCKER    Docker version of the lab's hosts, chosen at up and kept for the lab's life:
+#                 20 (the system's docker.io 20.10, default) or 26 (trixie's docker.io 26.1
+#                 with compose v2, from LAB_DOCKER26_DIR)
+#   LAB_DNS       the lab's upstream DNS server address, on the wire namespace's bridge (default
+#                 $LAB_SUBNET.253): every host's private /etc/resolv.conf names only it, so
+#                 nothing in the lab asks the machine's resolver; nothing answers there unless a
+#                 test serves DNS on it (lab.sh exec wire CMD...)
+#   LAB_DOCKER26_DIR where fetch-docker26 unpacks Docker 26 (default /opt/vxovl-lab/trixie: a
+#                 machine-wide dependency like docker.io itself, shared by every clone, kept by
+#                 make clean)
+#   LAB_DEBIAN_MIRROR the Debian mirror fetch-docker26 reads trixie from (default: the one this
+#                 machine's apt sources name for bookworm)
 set -euo pipefail
 
 LAB_NAME=${LAB_NAME:-vxlab}
@@ -38,6 +57,8 @@ LAB_REGISTRY=${LAB_REGISTRY-$LAB_SUBNET.250:5000}
 LAB_PLUGIN=${LAB_PLUGIN:-vxovl}
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 LAB_PLUGIN_DIR=${LAB_PLUGIN_DIR:-$REPO_ROOT/build/plugin}
+LAB_DOCKER26_DIR=${LAB_DOCKER26_DIR:-/opt/vxovl-lab/trixie}
+LAB_DNS=${LAB_DNS:-$LAB_SUBNET.253}
 WIRE=$LAB_NAME-wire
 
 case $LAB_DIR in
@@ -48,12 +69,15 @@ case $LAB_SUBNET in
 esac
 
 log() { printf '[lab %s] %s\n' "$LAB_NAME" "$*" >&2; }
+note() { printf 'lab.sh: %s\n' "$*" >&2; }
 die() { printf 'lab.sh: %s\n' "$*" >&2; exit 1; }
 
 hostdir() { echo "$LAB_DIR/h$1"; }
 hostns() { echo "$LAB_NAME-h$1"; }
 hostaddr() { echo "$LAB_SUBNET.$1"; }
-sock() { echo "unix://$(hostdir "$1")/docker.sock"; }
+# A host's API socket sits in a directory of its own, as /run/docker.sock does on a real host:
+# the plugin's "docker" mount binds that directory.
+sock() { echo "unix://$(hostdir "$1")/run/docker.sock"; }
 
 # Hosts that exist, from their dirs (so down works without knowing N).
 hosts() {
@@ -70,6 +94,161 @@ ldocker() {
 	local i=$1
 	shift
 	docker -H "$(sock "$i")" "$@"
+}
+
+# ---------------------------------------------------------------------------------------------
+# Docker versions: 20 is the system's docker.io; 26 is Debian trixie's, unpacked beside it.
+
+# The packages Docker 26 hosts run from. docker.io 26 has no client (the system's docker CLI
+# talks to both); tini-static is its docker-init.
+DOCKER26_DEBS="docker.io containerd docker-compose tini"
+
+# debian_mirror: the Debian mirror this machine's apt uses for a plain release suite (not
+# -security, not -updates), from deb822 .sources files or one-line sources.list files.
+debian_mirror() {
+	local f m
+	if [ -n "${LAB_DEBIAN_MIRROR:-}" ]; then
+		echo "$LAB_DEBIAN_MIRROR"
+		return 0
+	fi
+	# sed -n 1p reads all its input: head would end the loop early with SIGPIPE (and pipefail).
+	m=$(for f in /etc/apt/sources.list.d/*.sources; do
+		[ -f "$f" ] || continue
+		awk 'BEGIN { RS = ""; FS = "\n" }
+			{
+				types = ""; uris = ""; suites = ""; enabled = "yes"
+				for (i = 1; i <= NF; i++) {
+					line = $i
+					if (line ~ /^#/) continue
+					key = tolower(line); sub(/:.*/, "", key)
+					sub(/^[^:]*:[ \t]*/, "", line)
+					if (key == "types") types = " " line " "
+					else if (key == "uris") uris = line
+					else if (key == "suites") suites = " " line " "
+					else if (key == "enabled") enabled = tolower(line)
+				}
+				if (enabled != "no" && types ~ / deb / && suites ~ / (bullseye|bookworm|trixie|forky|sid|oldstable|stable|testing|unstable) /) {
+					split(uris, u, /[ \t]+/); print u[1]; exit
+				}
+			}' "$f"
+	done | sed -n 1p)
+	if [ -z "$m" ]; then
+		m=$(for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
+			[ -f "$f" ] || continue
+			# deb [options] URI SUITE COMPONENT...
+			sed -e 's/\[[^]]*\]//' "$f" | awk '$1 == "deb" && $3 ~ /^(bullseye|bookworm|trixie|forky|sid|oldstable|stable|testing|unstable)$/ { print $2 }'
+		done | sed -n 1p)
+	fi
+	[ -n "$m" ] && echo "$m"
+}
+
+# docker26_missing: what Docker 26 hosts lack here, one line each (nothing when ready).
+docker26_missing() {
+	local r=$LAB_DOCKER26_DIR/root f
+	if [ ! -d "$r" ]; then
+		echo "Docker 26 in $LAB_DOCKER26_DIR (run: make deps, or examples/lab/lab.sh fetch-docker26)"
+	else for f in usr/sbin/dockerd usr/bin/containerd usr/bin/containerd-shim-runc-v2 usr/bin/docker-init usr/bin/docker-compose; do
+		[ -x "$r/$f" ] || echo "$r/$f (run: make deps, or examples/lab/lab.sh fetch-docker26)"
+	done; fi
+	# Trixie's runc needs a newer glibc than bookworm's: Docker 26 hosts use the system's.
+	command -v runc >/dev/null || echo "runc (apt-get install runc; docker.io brings it)"
+}
+
+cmd_check_docker() {
+	local v=${1:?check-docker 20|26} missing
+	case $v in
+	20) missing=$(for b in dockerd containerd runc docker-compose; do command -v "$b" >/dev/null || echo "$b (run: make deps)"; done) ;;
+	26) missing=$(docker26_missing) ;;
+	*) die "check-docker: Docker $v is not a lab version (20 or 26)" ;;
+	esac
+	command -v docker >/dev/null || missing="$missing${missing:+
+}docker (the client; run: make deps)"
+	[ -z "$missing" ] || { printf 'Docker %s hosts cannot run here; missing:\n%s\n' "$v" "$missing" >&2; return 1; }
+}
+
+# lab_docker: the Docker version of this lab's hosts: chosen at up (LAB_DOCKER) and kept in the
+# lab dir, so later commands (start-host, compose, ...) need not repeat it.
+lab_docker() {
+	local kept
+	kept=$(cat "$LAB_DIR/docker-version" 2>/dev/null || true)
+	if [ -n "$kept" ]; then
+		[ -z "${LAB_DOCKER:-}" ] || [ "$LAB_DOCKER" = "$kept" ] ||
+			die "lab $LAB_NAME runs Docker $kept, not LAB_DOCKER=$LAB_DOCKER (lab.sh down first)"
+		echo "$kept"
+	else
+		echo "${LAB_DOCKER:-20}"
+	fi
+}
+
+# dockerd_path: PATH for a host's dockerd. Docker 26's dockerd finds its containerd, shims,
+# docker-proxy and docker-init (tini-static) there, and the system's runc after them.
+dockerd_path() {
+	case $(lab_docker) in
+	26) echo "$LAB_DOCKER26_DIR/root/usr/sbin:$LAB_DOCKER26_DIR/root/usr/bin:$PATH" ;;
+	*) echo "$PATH" ;;
+	esac
+}
+
+# compose_bin: compose v1 (docker-compose 1.29) with Docker 20, trixie's v2 with Docker 26.
+compose_bin() {
+	case $(lab_docker) in
+	26) echo "$LAB_DOCKER26_DIR/root/usr/bin/docker-compose" ;;
+	*) command -v docker-compose || die "docker-compose not found: run make deps" ;;
+	esac
+}
+
+# fetch-docker26: download trixie's packages with a private apt state (the system's package
+# lists, cache and installed set stay untouched) and unpack them into LAB_DOCKER26_DIR. Nothing
+# is installed: dpkg -x only. A complete directory is left alone; a partial one is redone.
+cmd_fetch_docker26() {
+	local dir=$LAB_DOCKER26_DIR tmp mirror keyring="" A f
+	if [ -z "$(docker26_missing | grep -v '^runc')" ]; then
+		note "Docker 26 already unpacked in $dir"
+		return 0
+	fi
+	mkdir -p "$(dirname "$dir")"
+	# Two clones running make deps at once must not unpack into each other.
+	exec 9>"$dir.lock"
+	flock 9
+	if [ -z "$(docker26_missing | grep -v '^runc')" ]; then
+		return 0
+	fi
+	mirror=$(debian_mirror) || die "fetching Docker 26: no Debian mirror in /etc/apt/sources.list{,.d/*} (for bookworm or another Debian release).
+Docker 26 lab hosts run Debian trixie's docker.io, containerd, docker-compose and tini unpacked
+into $dir: set LAB_DEBIAN_MIRROR to a Debian mirror URL (the one that serves 'trixie main'), or
+unpack those packages there by hand (dpkg-deb -x each .deb into $dir/root)."
+	command -v apt-get >/dev/null && command -v dpkg-deb >/dev/null || die "fetching Docker 26 needs apt-get and dpkg-deb"
+	local start=$SECONDS
+	tmp=$(mktemp -d "$dir.new.XXXXXX")
+	trap 'rm -rf "$tmp"' EXIT
+	mkdir -p "$tmp/apt/etc" "$tmp/apt/state/lists/partial" "$tmp/apt/cache/archives/partial" "$tmp/debs" "$tmp/root"
+	# The archive's keyring when the system has it (deb822 sources name it rather than trusting
+	# it globally); else apt's trusted keys.
+	[ ! -f /usr/share/keyrings/debian-archive-keyring.gpg ] || keyring="[signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] "
+	echo "deb $keyring$mirror trixie main" >"$tmp/apt/etc/sources.list"
+	A=(-o "Dir::Etc::SourceList=$tmp/apt/etc/sources.list" -o Dir::Etc::SourceParts=/dev/null
+		-o "Dir::State=$tmp/apt/state" -o "Dir::Cache=$tmp/apt/cache" -o Dir::State::status=/var/lib/dpkg/status
+		-o Acquire::IndexTargets::deb::DEP-11::DefaultEnabled=false -o APT::Sandbox::User=root -q)
+	note "fetching Docker 26 ($DOCKER26_DEBS) from $mirror trixie into $dir"
+	apt-get "${A[@]}" update >"$tmp/apt.log" 2>&1 || die "apt-get update for trixie failed (log below; NO_PUBKEY: apt-get install debian-archive-keyring)
+$(cat "$tmp/apt.log")"
+	# shellcheck disable=SC2086 # a list of package names
+	(cd "$tmp/debs" && apt-get "${A[@]}" download $DOCKER26_DEBS) >>"$tmp/apt.log" 2>&1 || die "apt-get download from trixie failed (log below)
+$(cat "$tmp/apt.log")"
+	for f in "$tmp"/debs/*.deb; do dpkg-deb -x "$f" "$tmp/root"; done
+	# Trixie's runc and dynamic tini need glibc 2.38: the system's runc runs the containers and
+	# tini-static (docker-init) the --init processes.
+	rm -f "$tmp/root/usr/sbin/runc" "$tmp/root/usr/bin/runc" "$tmp/root/usr/bin/tini"
+	(cd "$tmp/debs" && ls -1 *.deb) >"$tmp/PACKAGES"
+	rm -rf "$tmp/apt" "$tmp/debs"
+	chmod 0755 "$tmp"
+	# Whole or not at all: a partial directory from an interrupted run goes, the new one moves in.
+	rm -rf "$dir"
+	mv "$tmp" "$dir"
+	trap - EXIT
+	note "Docker 26 unpacked in $dir ($((SECONDS - start))s): $(tr '\n' ' ' <"$dir/PACKAGES")"
+	"$dir/root/usr/sbin/dockerd" --version >&2
+	"$dir/root/usr/bin/docker-compose" version >&2
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -126,7 +305,7 @@ start_dockerd() {
 	shift
 	d=$(hostdir "$i")
 	ns=$(hostns "$i")
-	mkdir -p "$d/data" "$d/exec" "$d/state" "$d/etc-docker/plugins"
+	mkdir -p "$d/data" "$d/exec" "$d/state" "$d/etc-docker/plugins" "$d/run"
 	# The host's own /run/docker/plugins (plugin sockets, fifos) outlives a dockerd restart, as
 	# on a real host: --live-restore reattaches to the running plugin through it.
 	mkdir -p -m 0700 "$d/run-plugins"
@@ -138,13 +317,18 @@ start_dockerd() {
 	mountpoint -q "$d/exec" || mount --bind "$d/exec" "$d/exec"
 	mount --make-shared "$d/exec"
 	[ -z "$LAB_REGISTRY" ] || regflag="--insecure-registry $LAB_REGISTRY"
+	# The host's resolver is the lab's (LAB_DNS), never the machine's: dockerd hands it to
+	# containers' embedded DNS and bind-mounts it into plugins with host networking.
+	printf 'nameserver %s\noptions timeout:1 attempts:1\n' "$LAB_DNS" >"$d/resolv.conf"
 	# ip netns exec would remount /sys and hide the cgroup mounts dockerd needs: use nsenter for
-	# the network and unshare for a private mount (own plugin sockets, own daemon id) and UTS.
+	# the network and unshare for a private mount (own plugin sockets, own daemon id, own
+	# resolv.conf) and UTS.
 	nsenter --net="/run/netns/$ns" unshare --mount --uts --propagation unchanged sh -c "
 		hostname $ns
 		mount --bind $d/run-plugins /run/docker/plugins
 		mount --bind $d/etc-docker /etc/docker
-		exec setsid dockerd --data-root $d/data --exec-root $d/exec -H $(sock "$i") \
+		mount --bind $d/resolv.conf /etc/resolv.conf
+		PATH=$(dockerd_path) exec setsid dockerd --data-root $d/data --exec-root $d/exec -H $(sock "$i") \
 			--pidfile $d/pid --iptables=false --bridge=none $regflag $*" \
 		>>"$d/dockerd.log" 2>&1 </dev/null &
 }
@@ -164,16 +348,19 @@ cmd_up() {
 	local n=${1:-3} i
 	[[ $n =~ ^[0-9]+$ ]] && [ "$n" -ge 1 ] && [ "$n" -le 200 ] || die "up N: N must be 1..200"
 	[ ! -e "/run/netns/$WIRE" ] || die "lab $LAB_NAME is already up (lab.sh down first)"
-	command -v dockerd >/dev/null || die "dockerd not found: run make deps"
+	local v=${LAB_DOCKER:-20}
+	cmd_check_docker "$v" || die "lab $LAB_NAME cannot start Docker $v hosts"
 	mkdir -p "$LAB_DIR"
+	echo "$v" >"$LAB_DIR/docker-version"
 	build_images
 
 	ip netns add "$WIRE"
 	ip -n "$WIRE" link set lo up
 	ip -n "$WIRE" link add ulbr type bridge # not "br": ip parses that as a keyword
 	ip -n "$WIRE" link set ulbr up
-	# The wire namespace holds .250 for the lab registry.
+	# The wire namespace holds .250 for the lab registry and LAB_DNS for a test's DNS server.
 	ip -n "$WIRE" addr add "$LAB_SUBNET.250/24" dev ulbr
+	ip -n "$WIRE" addr add "$LAB_DNS/24" dev ulbr
 	for i in $(seq 1 "$n"); do
 		add_host_netns "$i"
 		start_dockerd "$i"
@@ -189,7 +376,7 @@ cmd_up() {
 		pids+=($!)
 	done
 	for i in "${pids[@]}"; do wait "$i" || die "importing images failed"; done
-	log "up: $n hosts on $LAB_SUBNET.0/24 (${SECONDS}s); try: $0 docker 1 ps"
+	log "up: $n Docker $v hosts on $LAB_SUBNET.0/24 (${SECONDS}s); try: $0 docker 1 ps"
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -213,7 +400,8 @@ lab_pids() {
 	self=" $$ $(ancestors $$) "
 	{
 		if [ -n "${inodes// /}" ]; then
-			stat -L -c '%i %n' /proc/[0-9]*/ns/net 2>/dev/null |
+			# stat fails on a process that exits after the glob: not an error.
+			{ stat -L -c '%i %n' /proc/[0-9]*/ns/net 2>/dev/null || true; } |
 				awk -v want="$inodes" 'BEGIN { split(want, w, " "); for (k in w) ok[w[k]] = 1 }
 					($1 in ok) { split($2, f, "/"); print f[3] }'
 		fi
@@ -252,7 +440,7 @@ stop_dockerd() {
 	local i=$1 d pid
 	d=$(hostdir "$i")
 	# Graceful first, so plugins see their networks and endpoints go away.
-	if [ -S "$d/docker.sock" ] && timeout 5 docker -H "$(sock "$i")" info >/dev/null 2>&1; then
+	if [ -S "$d/run/docker.sock" ] && timeout 5 docker -H "$(sock "$i")" info >/dev/null 2>&1; then
 		local ids
 		ids=$(ldocker "$i" ps -aq 2>/dev/null || true)
 		[ -z "$ids" ] || ldocker "$i" rm -f $ids >/dev/null 2>&1 || true
@@ -266,7 +454,8 @@ stop_dockerd() {
 	pid=$(cat "$d/pid" 2>/dev/null || true)
 	[ -n "$pid" ] && alive "$pid" || return 0
 	kill -TERM "$pid" 2>/dev/null || true
-	wait_until 15 sh -c "! kill -0 $pid" || { log "dockerd $pid (host $i) ignored TERM: KILL"; kill -KILL "$pid" 2>/dev/null || true; }
+	# Docker 26 takes about 12s when a container ignores SIGTERM.
+	wait_until 30 sh -c "! kill -0 $pid" || { log "dockerd $pid (host $i) ignored TERM for 30s: KILL"; kill -KILL "$pid" 2>/dev/null || true; }
 }
 
 kill_leftovers() {
@@ -333,13 +522,13 @@ cmd_down() {
 # ---------------------------------------------------------------------------------------------
 # stop, start, reboot one host
 
-# stop_host I: TERM dockerd and wait (KILL after 20s); unlike down it removes nothing.
+# stop_host I: TERM dockerd and wait (KILL after 30s); unlike down it removes nothing.
 cmd_stop_host() {
 	local i=${1:?stop-host I} pid
 	pid=$(cat "$(hostdir "$i")/pid" 2>/dev/null || true)
 	[ -n "$pid" ] && alive "$pid" || return 0
 	kill -TERM "$pid"
-	wait_until 20 sh -c "! kill -0 $pid" || { log "dockerd $pid (host $i) ignored TERM: KILL"; kill -KILL "$pid" 2>/dev/null || true; }
+	wait_until 30 sh -c "! kill -0 $pid" || { log "dockerd $pid (host $i) ignored TERM for 30s: KILL"; kill -KILL "$pid" 2>/dev/null || true; }
 }
 
 cmd_start_host() {
@@ -400,7 +589,8 @@ cmd_install_plugin() {
 	else
 		ldocker "$i" plugin create "$LAB_PLUGIN" "$LAB_PLUGIN_DIR" >/dev/null
 	fi
-	ldocker "$i" plugin set "$LAB_PLUGIN" "state.source=$d/state" "$@"
+	# The plugin reaches this host's dockerd through its own socket, not the machine's.
+	ldocker "$i" plugin set "$LAB_PLUGIN" "state.source=$d/state" "docker.source=$d/run" "$@"
 	ldocker "$i" plugin enable "$LAB_PLUGIN" >/dev/null
 }
 
@@ -436,7 +626,7 @@ cmd_overlays() {
 
 cmd_status() {
 	local i pid
-	echo "lab $LAB_NAME: dir $LAB_DIR, underlay $LAB_SUBNET.0/24"
+	echo "lab $LAB_NAME: Docker $(lab_docker), dir $LAB_DIR, underlay $LAB_SUBNET.0/24, DNS $LAB_DNS"
 	ip netns list | grep "^$LAB_NAME-" || echo "(no namespaces)"
 	for i in $(hosts); do
 		pid=$(cat "$(hostdir "$i")/pid" 2>/dev/null || true)
@@ -453,6 +643,10 @@ cmd_status() {
 cmd=${1:-}
 [ $# -eq 0 ] || shift
 case $cmd in
+up | down | fetch-docker26 | check-docker | pids | "") ;;
+*) lab_docker >/dev/null ;; # a LAB_DOCKER that contradicts the running lab ends here
+esac
+case $cmd in
 up) cmd_up "$@" ;;
 down) cmd_down ;;
 docker)
@@ -463,7 +657,13 @@ docker)
 exec)
 	i=${1:?exec I CMD...}
 	shift
+	if [ "$i" = wire ]; then exec nsenter --net="/run/netns/$WIRE" "$@"; fi
 	exec nsenter --net="/run/netns/$(hostns "$i")" "$@"
+	;;
+compose)
+	i=${1:?compose I ARGS...}
+	shift
+	DOCKER_HOST=$(sock "$i") exec "$(compose_bin)" "$@"
 	;;
 install-plugin) cmd_install_plugin "$@" ;;
 registry) cmd_registry ;;
@@ -473,6 +673,8 @@ start-host) cmd_start_host "$@" ;;
 reboot-host) cmd_reboot_host "$@" ;;
 status) cmd_status ;;
 pids) lab_pids ;;
+fetch-docker26) cmd_fetch_docker26 ;;
+check-docker) cmd_check_docker "$@" ;;
 *)
 	sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2
 	exit 2

@@ -3,7 +3,6 @@ package e2e
 import (
 	"fmt"
 	"os"
-	"os/exec"
 	"slices"
 	"strings"
 	"testing"
@@ -58,29 +57,8 @@ func TestLabLeavesNothing(t *testing.T) {
 	}
 	t.Logf("lab down 3: %v", time.Since(start).Round(10*time.Millisecond))
 
-	if pids, err := l.run(nil, "pids"); err != nil || pids != "" {
-		t.Errorf("processes left behind: %q (%v)", pids, err)
-	}
-	mounts, err := os.ReadFile("/proc/self/mountinfo")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, line := range strings.Split(string(mounts), "\n") {
-		if f := strings.Fields(line); len(f) > 4 && (f[4] == l.Dir || strings.HasPrefix(f[4], l.Dir+"/")) {
-			t.Errorf("mount left behind: %s", f[4])
-		}
-	}
-	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
-	if err != nil {
-		t.Fatalf("ip netns list: %v\n%s", err, out)
-	}
-	for _, line := range strings.Split(string(out), "\n") {
-		if strings.HasPrefix(line, l.Name+"-") {
-			t.Errorf("namespace left behind: %s", line)
-		}
-	}
-	if _, err := os.Stat(l.Dir); !os.IsNotExist(err) {
-		t.Errorf("%s left behind (stat: %v)", l.Dir, err)
+	if left, err := l.Leftovers(); err != nil || len(left) > 0 {
+		t.Errorf("lab down left %v (%v)", left, err)
 	}
 }
 
@@ -173,6 +151,13 @@ func TestCrossHost(t *testing.T) {
 	for i := 1; i <= 2; i++ {
 		l.InstallPlugin(t, i, "PEERS="+l.PeersExcept(i))
 	}
+	crossHost(t, l)
+	pluginSeesLab(t, l, 2)
+}
+
+// crossHost is TestCrossHost's scenario in a 2-host lab with vxovl installed and peered.
+func crossHost(t *testing.T, l *Lab) {
+	t.Helper()
 	for i := 1; i <= 2; i++ {
 		l.MustDocker(t, i, "network", "create", "-d", Driver, "--subnet", "10.124.0.0/24",
 			"--ip-range", fmt.Sprintf("10.124.0.%d/26", (i-1)*64), "xn")
@@ -218,28 +203,24 @@ func sorted(s []string) []string {
 // and the client on host 2 reaches the server on host 1.
 func TestComposeExample(t *testing.T) {
 	l := Up(t, 2)
-	if _, err := exec.LookPath("docker-compose"); err != nil {
-		t.Fatal("docker-compose not found: run make deps")
-	}
 	for i := 1; i <= 2; i++ {
 		l.InstallPlugin(t, i, "PEERS="+l.PeersExcept(i))
 	}
-	compose := func(host int, profile string, args ...string) {
-		t.Helper()
-		cmd := exec.Command("docker-compose", append([]string{"-p", "vxdemo"}, args...)...)
-		cmd.Dir = RepoRoot() + "/examples/compose"
-		cmd.Env = append(os.Environ(), "DOCKER_HOST=unix://"+l.HostDir(host)+"/docker.sock",
-			"COMPOSE_PROFILES="+profile)
-		if out, err := cmd.CombinedOutput(); err != nil {
-			t.Fatalf("host %d: docker-compose %s: %v\n%s", host, strings.Join(args, " "), err, out)
-		}
-	}
-	compose(1, "a", "up", "-d")
-	compose(2, "b", "up", "-d")
+	composeExample(t, l)
+}
+
+// composeExample is TestComposeExample's scenario in a 2-host lab with vxovl installed and
+// peered, with the lab's compose (v1 on Docker 20, v2 on Docker 26).
+func composeExample(t *testing.T, l *Lab) {
+	t.Helper()
+	file := RepoRoot() + "/examples/compose/docker-compose.yml"
+	l.MustCompose(t, 1, "-f", file, "-p", "vxdemo", "--profile", "a", "up", "-d")
+	l.MustCompose(t, 2, "-f", file, "-p", "vxdemo", "--profile", "b", "up", "-d")
+	client := l.ComposeContainer(t, 2, "vxdemo", "client")
 	poll.Until(t, 30*time.Second, "compose client on host 2 pings the server on host 1", func() (bool, string) {
-		out, err := l.Docker(t, 2, "exec", "vxdemo_client_1", "ping", "-c1", "-W1", "10.220.0.10")
+		out, err := l.Docker(t, 2, "exec", client, "ping", "-c1", "-W1", "10.220.0.10")
 		return err == nil, out
 	})
-	compose(2, "b", "down")
-	compose(1, "a", "down")
+	l.MustCompose(t, 2, "-f", file, "-p", "vxdemo", "--profile", "b", "down")
+	l.MustCompose(t, 1, "-f", file, "-p", "vxdemo", "--profile", "a", "down")
 }

@@ -8,13 +8,20 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/miekg/dns"
+	"github.com/vishvananda/netns"
 )
 
 // Lab settings the e2e tests use. A name and subnet of their own keep a test run from colliding
@@ -34,12 +41,28 @@ const commandTimeout = 2 * time.Minute
 // Enabled reports whether the e2e tests were asked for.
 func Enabled() bool { return os.Getenv("VXOVL_E2E") == "1" }
 
+// Docker versions a lab's hosts can run (lab.sh LAB_DOCKER).
+const (
+	// Docker20 is the system's docker.io 20.10 with docker-compose 1.29 (compose v1).
+	Docker20 = 20
+	// Docker26 is Debian trixie's docker.io 26.1 with docker-compose 2.26 (compose v2), unpacked
+	// beside the system's by make deps (lab.sh fetch-docker26).
+	Docker26 = 26
+)
+
+// Options choose how UpWith builds a lab.
+type Options struct {
+	// Docker is the hosts' Docker version, Docker20 (also when zero) or Docker26.
+	Docker int
+}
+
 // Lab is a running lab of N hosts, numbered from 1.
 type Lab struct {
-	Name   string // prefix of its namespaces (LAB_NAME)
-	Subnet string // first three octets of the underlay /24 (LAB_SUBNET)
-	Dir    string // where hosts keep their data (LAB_DIR)
-	N      int
+	Name          string // prefix of its namespaces (LAB_NAME)
+	Subnet        string // first three octets of the underlay /24 (LAB_SUBNET)
+	Dir           string // where hosts keep their data (LAB_DIR)
+	N             int
+	DockerVersion int // the hosts' Docker version (LAB_DOCKER): Docker20 or Docker26
 
 	script string
 }
@@ -49,10 +72,11 @@ type Lab struct {
 func NewLab() *Lab {
 	name := envOr("VXOVL_E2E_LAB_NAME", DefaultName)
 	return &Lab{
-		Name:   name,
-		Subnet: envOr("VXOVL_E2E_LAB_SUBNET", DefaultSubnet),
-		Dir:    filepath.Join(os.TempDir(), name),
-		script: filepath.Join(RepoRoot(), "examples", "lab", "lab.sh"),
+		Name:          name,
+		Subnet:        envOr("VXOVL_E2E_LAB_SUBNET", DefaultSubnet),
+		Dir:           filepath.Join(os.TempDir(), name),
+		DockerVersion: Docker20,
+		script:        filepath.Join(RepoRoot(), "examples", "lab", "lab.sh"),
 	}
 }
 
@@ -107,11 +131,28 @@ func Prerequisites() error {
 	return nil
 }
 
-// Up starts a lab of n hosts and tears it down when the test ends, even on failure.
+// Up starts a lab of n Docker 20 hosts and tears it down when the test ends, even on failure.
 func Up(t testing.TB, n int) *Lab {
+	t.Helper()
+	return UpWith(t, n, Options{})
+}
+
+// UpWith is Up with options: UpWith(t, 2, Options{Docker: Docker26}) runs the hosts on Docker 26.
+// A Docker version that cannot run here fails the test and says what is missing.
+func UpWith(t testing.TB, n int, opts Options) *Lab {
 	t.Helper()
 	Require(t)
 	l := NewLab()
+	switch opts.Docker {
+	case 0, Docker20:
+	case Docker26:
+		l.DockerVersion = Docker26
+	default:
+		t.Fatalf("UpWith: Docker %d is not a lab version (Docker20 or Docker26)", opts.Docker)
+	}
+	if out, err := l.run(nil, "check-docker", strconv.Itoa(l.DockerVersion)); err != nil {
+		t.Fatalf("VXOVL_E2E=1 but the lab cannot run Docker %d hosts: %v\n%s", l.DockerVersion, err, out)
+	}
 	// A lab left by an interrupted run would make `up` refuse.
 	if _, err := l.run(nil, "down"); err != nil {
 		t.Fatalf("clearing an old lab: %v", err)
@@ -131,7 +172,7 @@ func Up(t testing.TB, n int) *Lab {
 		t.Fatalf("lab up %d: %v\n%s", n, err, out)
 	}
 	l.N = n
-	t.Logf("lab up %d took %v", n, time.Since(start).Round(10*time.Millisecond))
+	t.Logf("lab up %d (Docker %d) took %v", n, l.DockerVersion, time.Since(start).Round(10*time.Millisecond))
 	return l
 }
 
@@ -144,6 +185,41 @@ func (l *Lab) Down() error {
 	return nil
 }
 
+// Leftovers lists what the lab left on this machine: processes, mounts under its directory,
+// network namespaces, the directory itself. Nothing after a clean down.
+func (l *Lab) Leftovers() ([]string, error) {
+	var left []string
+	pids, err := l.run(nil, "pids")
+	if err != nil {
+		return nil, err
+	}
+	for _, p := range strings.Fields(pids) {
+		left = append(left, "process "+p)
+	}
+	mounts, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil, err
+	}
+	for _, line := range strings.Split(string(mounts), "\n") {
+		if f := strings.Fields(line); len(f) > 4 && (f[4] == l.Dir || strings.HasPrefix(f[4], l.Dir+"/")) {
+			left = append(left, "mount "+f[4])
+		}
+	}
+	out, err := exec.Command("ip", "netns", "list").CombinedOutput()
+	if err != nil {
+		return nil, fmt.Errorf("ip netns list: %w: %s", err, out)
+	}
+	for _, line := range strings.Split(string(out), "\n") {
+		if strings.HasPrefix(line, l.Name+"-") {
+			left = append(left, "namespace "+strings.Fields(line)[0])
+		}
+	}
+	if _, err := os.Stat(l.Dir); !os.IsNotExist(err) {
+		left = append(left, "directory "+l.Dir)
+	}
+	return left, nil
+}
+
 // run calls lab.sh with the lab's settings and extra environment.
 func (l *Lab) run(env []string, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), commandTimeout)
@@ -151,7 +227,7 @@ func (l *Lab) run(env []string, args ...string) (string, error) {
 	cmd := exec.CommandContext(ctx, l.script, args...)
 	cmd.Env = append(os.Environ(),
 		"LAB_NAME="+l.Name, "LAB_SUBNET="+l.Subnet, "LAB_DIR="+l.Dir,
-		"LAB_REGISTRY="+l.Registry())
+		"LAB_REGISTRY="+l.Registry(), "LAB_DNS="+l.DNS(), "LAB_DOCKER="+strconv.Itoa(l.DockerVersion))
 	cmd.Env = append(cmd.Env, env...)
 	var out bytes.Buffer
 	cmd.Stdout = &out
@@ -171,8 +247,18 @@ func (l *Lab) Addr(i int) string { return fmt.Sprintf("%s.%d", l.Subnet, i) }
 // Registry is the address of the lab's registry (lab.sh registry), trusted by every dockerd.
 func (l *Lab) Registry() string { return l.Subnet + ".250:5000" }
 
+// DNS is the lab's upstream DNS address: every host's /etc/resolv.conf names it and nothing
+// else, the plugin's included (dockerd binds the host's resolv.conf into it). ServeDNS answers
+// there; otherwise queries time out inside the lab.
+func (l *Lab) DNS() string { return l.Subnet + ".253" }
+
 // HostDir is where host i keeps its docker data, plugin state and logs.
 func (l *Lab) HostDir(i int) string { return filepath.Join(l.Dir, "h"+strconv.Itoa(i)) }
+
+// DockerHost is host i's API endpoint, as DOCKER_HOST takes it.
+func (l *Lab) DockerHost(i int) string {
+	return "unix://" + filepath.Join(l.HostDir(i), "run", "docker.sock")
+}
 
 // Netns is the name of host i's network namespace.
 func (l *Lab) Netns(i int) string { return fmt.Sprintf("%s-h%d", l.Name, i) }
@@ -191,6 +277,37 @@ func (l *Lab) MustDocker(t testing.TB, i int, args ...string) string {
 		t.Fatalf("host %d: docker %s: %v\n%s", i, strings.Join(args, " "), err, out)
 	}
 	return out
+}
+
+// Compose runs the lab's docker-compose against host i, in the test's directory (give -f): compose
+// v1 (docker-compose 1.29) on Docker 20 hosts, v2 (2.26) on Docker 26 hosts. Both take -p,
+// --profile and -f alike; they name containers differently (ComposeContainer finds them).
+func (l *Lab) Compose(t testing.TB, i int, args ...string) (string, error) {
+	t.Helper()
+	return l.run(nil, append([]string{"compose", strconv.Itoa(i)}, args...)...)
+}
+
+// MustCompose is Compose that fails the test on error.
+func (l *Lab) MustCompose(t testing.TB, i int, args ...string) string {
+	t.Helper()
+	out, err := l.Compose(t, i, args...)
+	if err != nil {
+		t.Fatalf("host %d: docker-compose %s: %v\n%s", i, strings.Join(args, " "), err, out)
+	}
+	return out
+}
+
+// ComposeContainer is the ID of the running container of a compose project's service on host i
+// (compose v1 calls it P_S_1, v2 P-S-1; both label it).
+func (l *Lab) ComposeContainer(t testing.TB, i int, project, service string) string {
+	t.Helper()
+	ids := strings.Fields(l.MustDocker(t, i, "ps", "-q",
+		"--filter", "label=com.docker.compose.project="+project,
+		"--filter", "label=com.docker.compose.service="+service))
+	if len(ids) != 1 {
+		t.Fatalf("host %d: compose project %s service %s: running containers %v, want one", i, project, service, ids)
+	}
+	return ids[0]
 }
 
 // Exec runs cmd in host i's network namespace.
@@ -336,4 +453,111 @@ func (l *Lab) dumpLogs(t testing.TB) {
 	for i := 1; i <= l.N; i++ {
 		t.Logf("--- host %d dockerd.log (tail) ---\n%s", i, l.PluginLog(i))
 	}
+}
+
+// UpstreamDNS is a fake upstream DNS server on the lab's DNS address (Lab.DNS), in the underlay's
+// own namespace: every host's resolv.conf names it, so hosts, plugins and host-network containers
+// ask it, and nothing in the lab asks the machine's resolver.
+type UpstreamDNS struct {
+	records map[string]netip.Addr // fully qualified, lower case
+
+	mu      sync.Mutex
+	queries []DNSQuery
+}
+
+// DNSQuery is one question the fake upstream received.
+type DNSQuery struct {
+	Name string     // fully qualified, as asked
+	Type string     // A, AAAA, ...
+	From netip.Addr // the asker
+}
+
+// ServeDNS answers A queries for records (name -> IPv4 address) on DNS():53/udp until the test
+// ends; any other question gets NXDOMAIN. It records every question (Queries).
+func (l *Lab) ServeDNS(t testing.TB, records map[string]string) *UpstreamDNS {
+	t.Helper()
+	u := &UpstreamDNS{records: make(map[string]netip.Addr, len(records))}
+	for name, ip := range records {
+		a, err := netip.ParseAddr(ip)
+		if err != nil || !a.Is4() {
+			t.Fatalf("ServeDNS: %s -> %q is not an IPv4 address", name, ip)
+		}
+		u.records[dns.CanonicalName(name)] = a
+	}
+	addr := net.JoinHostPort(l.DNS(), "53")
+	pc, err := listenPacketIn(filepath.Join("/run/netns", l.Name+"-wire"), addr)
+	if err != nil {
+		t.Fatalf("fake upstream DNS on %s in the lab's wire namespace: %v", addr, err)
+	}
+	srv := &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(u.answer)}
+	served := make(chan error, 1)
+	go func() { served <- srv.ActivateAndServe() }()
+	t.Cleanup(func() {
+		_ = srv.Shutdown()
+		select {
+		case <-served:
+		case <-time.After(10 * time.Second):
+			t.Errorf("fake upstream DNS on %s did not stop within 10s", addr)
+		}
+	})
+	return u
+}
+
+// Queries are the questions received so far, oldest first.
+func (u *UpstreamDNS) Queries() []DNSQuery {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return append([]DNSQuery(nil), u.queries...)
+}
+
+func (u *UpstreamDNS) answer(w dns.ResponseWriter, req *dns.Msg) {
+	resp := new(dns.Msg)
+	resp.SetReply(req)
+	resp.Authoritative = true
+	from, _ := netip.ParseAddrPort(w.RemoteAddr().String())
+	for _, q := range req.Question {
+		name := dns.CanonicalName(q.Name)
+		u.mu.Lock()
+		u.queries = append(u.queries, DNSQuery{Name: q.Name, Type: dns.TypeToString[q.Qtype], From: from.Addr().Unmap()})
+		u.mu.Unlock()
+		a, ok := u.records[name]
+		switch {
+		case !ok:
+			resp.Rcode = dns.RcodeNameError
+		case q.Qtype == dns.TypeA:
+			resp.Answer = append(resp.Answer, &dns.A{
+				Hdr: dns.RR_Header{Name: q.Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 5},
+				A:   a.AsSlice(),
+			})
+		}
+	}
+	_ = w.WriteMsg(resp)
+}
+
+// listenPacketIn opens a UDP socket bound to addr inside the network namespace pinned at nsPath.
+// A socket stays in the namespace it was made in; the thread that made it is switched and never
+// switched back: its goroutine ends locked, which ends the thread too.
+func listenPacketIn(nsPath, addr string) (net.PacketConn, error) {
+	type result struct {
+		pc  net.PacketConn
+		err error
+	}
+	made := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		ns, err := netns.GetFromPath(nsPath)
+		if err != nil {
+			made <- result{err: fmt.Errorf("opening %s: %w", nsPath, err)}
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			made <- result{err: fmt.Errorf("entering %s: %w", nsPath, err)}
+			return
+		}
+		pc, err := net.ListenPacket("udp4", addr)
+		made <- result{pc, err}
+	}()
+	r := <-made
+	return r.pc, r.err
 }
