@@ -436,7 +436,7 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 		return nil, fmt.Errorf("announcing endpoint to the cluster: %w", err)
 	}
 	o.endpoints[ep.ID] = ep
-	d.log.Info("endpoint created", "network", short(o.ID), "vni", o.VNI, "endpoint", short(ep.ID), "ip", ip, "mac", mac)
+	d.log.Info("endpoint created", "network", short(o.ID), "vni", o.VNI, "endpoint", short(ep.ID), "ip", ip, "mac", mac.String())
 	// A remote endpoint claiming this IP must now be unprogrammed.
 	d.markDirty(o.VNI)
 	return resp, nil

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"bytes"
 	"fmt"
 	"sync"
 
@@ -55,7 +56,9 @@ func startHarness(t *testing.T, path string, dp *fakeDataplane, cfg Config) *har
 		t.Fatal(err)
 	}
 	cfg.VTEP = net.ParseIP("10.98.0.1").To4()
-	cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
 	if cfg.ReconcileInterval == 0 {
 		cfg.ReconcileInterval = time.Hour
 	}
@@ -891,4 +894,45 @@ func TestNetworksComeAndGoDuringPasses(t *testing.T) {
 	if s := h.drv.Stats(); s.SyncErrors != 0 || s.DriftRepairs != 0 {
 		t.Fatalf("%d sync errors, %d drift repairs; want 0, 0", s.SyncErrors, s.DriftRepairs)
 	}
+}
+
+// syncBuffer is a bytes.Buffer the driver's goroutines can log into.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// An operator greps logs for a MAC as `ip link` prints it; slog prints a
+// net.HardwareAddr as its raw bytes unless the driver formats it.
+func TestLogsMACAsText(t *testing.T) {
+	var logs syncBuffer
+	h := startHarness(t, filepath.Join(t.TempDir(), "state.db"), newFakeDataplane(),
+		Config{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
+	h.createNetwork(nil)
+	h.createEndpoint("ep1", "10.10.0.2/24")
+	mac := endpointMAC(DeriveVNI(mustCIDR(t, "10.10.0.0/24")), net.ParseIP("10.10.0.2"))
+	if !strings.Contains(logs.String(), "mac="+mac.String()) {
+		t.Fatalf("log does not show the MAC as text %s:\n%s", mac, logs.String())
+	}
+}
+
+func mustCIDR(t *testing.T, s string) *net.IPNet {
+	t.Helper()
+	_, n, err := net.ParseCIDR(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n
 }

@@ -411,7 +411,7 @@ func (d *Driver) reportConflicts(vni uint32, plan peerPlan, t *tally) {
 			t.macConflicts++
 		}
 		d.log.Error("conflict: not programming a remote endpoint", "vni", vni, "problem", c.Problem,
-			"ip", c.Endpoint.IP, "mac", c.Endpoint.MAC, "remote_node", c.Endpoint.Node, "remote_endpoint", short(c.Endpoint.ID))
+			"ip", c.Endpoint.IP, "mac", c.Endpoint.MAC.String(), "remote_node", c.Endpoint.Node, "remote_endpoint", short(c.Endpoint.ID))
 	}
 	for _, key := range plan.Resolved {
 		d.log.Info("conflict resolved", "vni", vni, "remote_endpoint", key)
