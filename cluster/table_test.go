@@ -11,8 +11,7 @@ func epItem(t *testing.T, owner string, vni uint32, id, ip string, mac byte, v u
 	ep := Endpoint{VNI: vni, ID: id, IP: net.ParseIP(ip).To4(), MAC: net.HardwareAddr{2, 0, 0, 0, 0, mac},
 		Node: owner, VTEP: net.IPv4(127, 0, 0, 1).To4(), Version: v}
 	w := wireRecord{Kind: kindEndpoint, Key: endpointKey(vni, id), Version: v, Value: encodeEndpointValue(ep)}
-	c := &Cluster{kinds: map[string]KindOptions{}}
-	it, err := c.prepare(owner, w)
+	it, err := prepare(newTestCluster("self").kinds, owner, w)
 	if err != nil {
 		t.Fatalf("prepare: %v", err)
 	}
@@ -20,15 +19,23 @@ func epItem(t *testing.T, owner string, vni uint32, id, ip string, mac byte, v u
 }
 
 func epDel(vni uint32, id string, v uint64) item {
-	return item{w: wireRecord{Kind: kindEndpoint, Key: endpointKey(vni, id), Version: v, Deleted: true}, vni: vni}
+	return item{w: wireRecord{Kind: kindEndpoint, Key: endpointKey(vni, id), Version: v, Deleted: true}}
 }
 
-func newTestTable(alive ...string) *table {
-	t := newTable("self", time.Minute)
+// testTable is the table of a cluster named "self" that sees the given
+// nodes alive, with the built-in kinds' indexes.
+type testTable struct {
+	*table
+	eps  *endpointIndex
+	nets *networkIndex
+}
+
+func newTestTable(alive ...string) testTable {
+	c := newTestCluster("self")
 	for _, a := range alive {
-		t.setAlive(a, true, nil)
+		c.t.setAlive(a, true, nil)
 	}
-	return t
+	return testTable{c.t, c.eps, c.nets}
 }
 
 func ids(eps []Endpoint) []string {
@@ -39,9 +46,9 @@ func ids(eps []Endpoint) []string {
 	return out
 }
 
-func wantEPs(t *testing.T, tb *table, vni uint32, want ...string) {
+func wantEPs(t *testing.T, tb testTable, vni uint32, want ...string) {
 	t.Helper()
-	got := ids(tb.endpoints(vni))
+	got := ids(tb.eps.endpoints(vni))
 	if len(got) != len(want) {
 		t.Fatalf("endpoints(%d) = %v, want %v", vni, got, want)
 	}
@@ -53,9 +60,9 @@ func wantEPs(t *testing.T, tb *table, vni uint32, want ...string) {
 }
 
 func TestTableReorderAndDuplicates(t *testing.T) {
-	add := func(tb *table) { tb.put("a", epItem(t, "a", 7, "e1", "10.0.0.2", 1, 10), srcRelay, nil) }
-	del := func(tb *table) { tb.put("a", epDel(7, "e1", 11), srcRelay, nil) }
-	for _, order := range [][]func(*table){{add, del}, {del, add}, {add, del, add, del}, {del, del, add, add}} {
+	add := func(tb testTable) { tb.put("a", epItem(t, "a", 7, "e1", "10.0.0.2", 1, 10), srcRelay, nil) }
+	del := func(tb testTable) { tb.put("a", epDel(7, "e1", 11), srcRelay, nil) }
+	for _, order := range [][]func(testTable){{add, del}, {del, add}, {add, del, add, del}, {del, del, add, add}} {
 		tb := newTestTable("a")
 		for _, f := range order {
 			f(tb)
@@ -78,10 +85,10 @@ func TestTableReorderAndDuplicates(t *testing.T) {
 // The classic stale-entry bug: IP freed on A, reused on B. Every arrival
 // order must end with only B's entry.
 func TestTableIPReuseAcrossNodes(t *testing.T) {
-	aAdd := func(tb *table) { tb.put("a", epItem(t, "a", 7, "ea", "10.0.0.5", 1, 100), srcRelay, nil) }
-	aDel := func(tb *table) { tb.put("a", epDel(7, "ea", 200), srcRelay, nil) }
-	bAdd := func(tb *table) { tb.put("b", epItem(t, "b", 7, "eb", "10.0.0.5", 2, 300), srcRelay, nil) }
-	perms := [][]func(*table){
+	aAdd := func(tb testTable) { tb.put("a", epItem(t, "a", 7, "ea", "10.0.0.5", 1, 100), srcRelay, nil) }
+	aDel := func(tb testTable) { tb.put("a", epDel(7, "ea", 200), srcRelay, nil) }
+	bAdd := func(tb testTable) { tb.put("b", epItem(t, "b", 7, "eb", "10.0.0.5", 2, 300), srcRelay, nil) }
+	perms := [][]func(testTable){
 		{aAdd, aDel, bAdd}, {aAdd, bAdd, aDel}, {bAdd, aAdd, aDel},
 		{bAdd, aDel, aAdd}, {aDel, aAdd, bAdd}, {aDel, bAdd, aAdd},
 	}
@@ -90,7 +97,7 @@ func TestTableIPReuseAcrossNodes(t *testing.T) {
 		for _, f := range p {
 			f(tb)
 		}
-		got := tb.endpoints(7)
+		got := tb.eps.endpoints(7)
 		if len(got) != 1 || got[0].Node != "b" {
 			t.Fatalf("order %d: endpoints = %v, want only b's", i, ids(got))
 		}
@@ -100,8 +107,8 @@ func TestTableIPReuseAcrossNodes(t *testing.T) {
 	aAdd(tb)
 	bAdd(tb)
 	wantEPs(t, tb, 7, "b/eb@10.0.0.5")
-	if tb.st.ipConflicts != 1 {
-		t.Fatalf("ipConflicts = %d, want 1", tb.st.ipConflicts)
+	if tb.eps.conflicts != 1 {
+		t.Fatalf("ipConflicts = %d, want 1", tb.eps.conflicts)
 	}
 	// A local newer claim hides the stale remote one; our own never shows.
 	tb.put("self", epItem(t, "self", 7, "es", "10.0.0.5", 3, 400), srcLocal, nil)
@@ -117,8 +124,8 @@ func TestTableDeathAndRejoin(t *testing.T) {
 	tb.setAlive("a", false, &ch)
 	wantEPs(t, tb, 7)
 	wantEPs(t, tb, 8)
-	if len(ch.vnis) != 2 {
-		t.Fatalf("death notified vnis %v, want 7 and 8", ch.vnis)
+	if len(ch[kindEndpoint]) != 2 {
+		t.Fatalf("death notified VNIs %v, want 7 and 8", ch[kindEndpoint])
 	}
 	// A third party relaying a's old record must not resurrect it.
 	if r := tb.put("a", epItem(t, "a", 7, "e1", "10.0.0.2", 1, 10), srcRelay, nil); r != resDeadOwner {
@@ -189,24 +196,24 @@ func TestTableNetworkConflict(t *testing.T) {
 	tb := newTestTable("a")
 	mk := func(owner, subnet string, mtu int, v uint64) item {
 		n := Network{VNI: 5, Subnet: subnet, MTU: mtu, Node: owner}
-		return item{w: wireRecord{Kind: kindNetwork, Key: networkKey(5), Version: v, Value: encodeNetworkValue(n)}, nw: &n}
+		return item{w: wireRecord{Kind: kindNetwork, Key: networkKey(5), Version: v, Value: encodeNetworkValue(n)}, val: &n}
 	}
 	tb.put("self", mk("self", "10.1.0.0/24", 1450, 1), srcLocal, nil)
 	tb.put("a", mk("a", "10.1.0.0/24", 1450, 2), srcRelay, nil)
-	if tb.st.netConflicts != 0 {
+	if tb.nets.conflicts != 0 {
 		t.Fatal("equal definitions flagged as conflict")
 	}
 	tb.put("a", mk("a", "10.2.0.0/24", 1450, 3), srcRelay, nil)
-	if tb.st.netConflicts != 1 {
-		t.Fatalf("netConflicts = %d, want 1", tb.st.netConflicts)
+	if tb.nets.conflicts != 1 {
+		t.Fatalf("netConflicts = %d, want 1", tb.nets.conflicts)
 	}
-	if n := tb.remoteNetworks(5); len(n) != 1 || n[0].Subnet != "10.2.0.0/24" {
+	if n := tb.nets.remote(5); len(n) != 1 || n[0].Subnet != "10.2.0.0/24" {
 		t.Fatalf("remoteNetworks = %v", n)
 	}
 }
 
 func TestPrepareRejectsMalformed(t *testing.T) {
-	c := &Cluster{kinds: map[string]KindOptions{}}
+	kinds := newTestCluster("self").kinds
 	good := Endpoint{VNI: 7, ID: "e", IP: net.IPv4(10, 0, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, VTEP: net.IPv4(127, 0, 0, 1)}
 	val := func(ep Endpoint) []byte { return encodeEndpointValue(ep) }
 	bad := []wireRecord{
@@ -225,14 +232,14 @@ func TestPrepareRejectsMalformed(t *testing.T) {
 		{Kind: "", Key: "k", Version: 1},
 	}
 	for i, w := range bad {
-		if _, err := c.prepare("a", w); err == nil {
+		if _, err := prepare(kinds, "a", w); err == nil {
 			t.Errorf("case %d (%+v): accepted", i, w)
 		}
 	}
-	if _, err := c.prepare("a", wireRecord{Kind: kindEndpoint, Key: "7/e", Version: 1, Value: val(good)}); err != nil {
+	if _, err := prepare(kinds, "a", wireRecord{Kind: kindEndpoint, Key: "7/e", Version: 1, Value: val(good)}); err != nil {
 		t.Fatalf("good endpoint rejected: %v", err)
 	}
-	if _, err := c.prepare("bad name", wireRecord{Kind: "x", Key: "k", Version: 1}); err == nil {
+	if _, err := prepare(kinds, "bad name", wireRecord{Kind: "x", Key: "k", Version: 1}); err == nil {
 		t.Fatal("owner with space accepted")
 	}
 }

@@ -70,11 +70,12 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte{msgState, 1, 'a', 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Add([]byte{msgRecord, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c := &Cluster{t: newTestTable("a", "b"), heard: map[string]struct{}{}, kinds: map[string]KindOptions{}, notify: newNotifier(),
-			direct: make(chan directMsg, 1), hello: newHelloQueue(), log: discardLogger()}
+		c := newTestCluster("self")
+		c.t.setAlive("a", true, nil)
+		c.t.setAlive("b", true, nil)
 		(*delegate)(c).NotifyMsg(b)
 		(*delegate)(c).MergeRemoteState(b, false)
-		for _, e := range c.t.endpoints(7) {
+		for _, e := range c.eps.endpoints(7) {
 			if checkEndpoint(e) != nil || e.VTEP.To4() == nil {
 				t.Fatalf("invalid endpoint stored: %+v", e)
 			}

@@ -1,0 +1,250 @@
+package cluster
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"net/netip"
+	"sort"
+	"strconv"
+	"strings"
+	"unicode"
+
+	"github.com/vxovl/vxovl/internal/vxlan"
+)
+
+// Endpoints are records of kind "ep", keyed "<vni>/<endpoint ID>", whose
+// value is the IPv4 address, MAC and VTEP.
+const (
+	kindEndpoint = "ep"
+	maxEPID      = 128
+	epValLen     = 4 + 6 + 4 // IP, MAC, VTEP
+)
+
+// endpointKind is the built-in kind behind PublishEndpoint and Endpoints.
+// Its changes are grouped by VNI and reported to h.
+func endpointKind(idx *endpointIndex, h Handler) *kind {
+	return &kind{
+		builtin: true,
+		decode: func(owner string, w wireRecord) (any, error) {
+			ep, err := decodeEndpoint(owner, w)
+			return &ep, err
+		},
+		checkKey: func(key string) error { _, _, err := parseEndpointKey(key); return err },
+		scope:    func(key string) string { vni, _, _ := strings.Cut(key, "/"); return vni },
+		changed: func(vnis []string) {
+			if h == nil {
+				return
+			}
+			for _, s := range vnis {
+				if vni, err := strconv.ParseUint(s, 10, 32); err == nil {
+					h.EndpointsChanged(uint32(vni))
+				}
+			}
+		},
+		index: idx,
+	}
+}
+
+func unicastIPv4(ip net.IP) (netip.Addr, bool) {
+	a, ok := netip.AddrFromSlice(ip)
+	if !ok {
+		return netip.Addr{}, false
+	}
+	a = a.Unmap()
+	if !a.Is4() || a.IsUnspecified() || a.IsMulticast() || a == netip.AddrFrom4([4]byte{255, 255, 255, 255}) {
+		return netip.Addr{}, false
+	}
+	return a, true
+}
+
+func validEndpointID(id string) error {
+	if id == "" || len(id) > maxEPID {
+		return fmt.Errorf("endpoint ID must be 1-%d bytes", maxEPID)
+	}
+	for _, r := range id {
+		if !unicode.IsPrint(r) || unicode.IsSpace(r) {
+			return fmt.Errorf("endpoint ID %q contains a space or non-printable character", id)
+		}
+	}
+	return nil
+}
+
+func endpointKey(vni uint32, id string) string {
+	return strconv.FormatUint(uint64(vni), 10) + "/" + id
+}
+
+func parseEndpointKey(key string) (uint32, string, error) {
+	v, id, ok := strings.Cut(key, "/")
+	if !ok {
+		return 0, "", fmt.Errorf("endpoint key %q lacks '/'", key)
+	}
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil || strconv.FormatUint(n, 10) != v {
+		return 0, "", fmt.Errorf("endpoint key %q: bad VNI", key)
+	}
+	if err := vxlan.CheckVNI(uint32(n)); err != nil {
+		return 0, "", err
+	}
+	if err := validEndpointID(id); err != nil {
+		return 0, "", err
+	}
+	return uint32(n), id, nil
+}
+
+// checkEndpoint validates a local endpoint before publishing.
+func checkEndpoint(ep Endpoint) error {
+	if err := vxlan.CheckVNI(ep.VNI); err != nil {
+		return err
+	}
+	if err := validEndpointID(ep.ID); err != nil {
+		return err
+	}
+	if _, ok := unicastIPv4(ep.IP); !ok {
+		return fmt.Errorf("endpoint IP %q must be a unicast IPv4 address", ep.IP)
+	}
+	return vxlan.CheckMAC(ep.MAC)
+}
+
+func encodeEndpointValue(ep Endpoint) []byte {
+	b := make([]byte, 0, epValLen)
+	b = append(b, ep.IP.To4()...)
+	b = append(b, ep.MAC...)
+	return append(b, ep.VTEP.To4()...)
+}
+
+// decodeEndpoint turns a live endpoint record into an Endpoint, validating
+// everything a received record could get wrong.
+func decodeEndpoint(owner string, w wireRecord) (Endpoint, error) {
+	vni, id, err := parseEndpointKey(w.Key)
+	if err != nil {
+		return Endpoint{}, err
+	}
+	if len(w.Value) != epValLen {
+		return Endpoint{}, fmt.Errorf("endpoint value is %d bytes, want %d", len(w.Value), epValLen)
+	}
+	ep := Endpoint{
+		VNI:     vni,
+		ID:      id,
+		IP:      net.IP(append([]byte(nil), w.Value[0:4]...)),
+		MAC:     net.HardwareAddr(append([]byte(nil), w.Value[4:10]...)),
+		VTEP:    net.IP(append([]byte(nil), w.Value[10:14]...)),
+		Node:    owner,
+		Version: w.Version,
+	}
+	if _, ok := unicastIPv4(ep.IP); !ok {
+		return Endpoint{}, fmt.Errorf("endpoint IP %s is not unicast IPv4", ep.IP)
+	}
+	if _, ok := unicastIPv4(ep.VTEP); !ok {
+		return Endpoint{}, fmt.Errorf("VTEP %s is not unicast IPv4", ep.VTEP)
+	}
+	if err := vxlan.CheckMAC(ep.MAC); err != nil {
+		return Endpoint{}, err
+	}
+	return ep, nil
+}
+
+func copyEndpoint(ep Endpoint) Endpoint {
+	ep.IP = append(net.IP(nil), ep.IP...)
+	ep.MAC = append(net.HardwareAddr(nil), ep.MAC...)
+	ep.VTEP = append(net.IP(nil), ep.VTEP...)
+	return ep
+}
+
+// endpointIndex holds the live endpoints by VNI and by (VNI, IP), for
+// Endpoints and for noticing two owners claiming one IP.
+type endpointIndex struct {
+	self      string
+	byVNI     map[uint32]map[epRef]*Endpoint
+	byIP      map[vniIP]map[epRef]struct{}
+	conflicts uint64
+	// onConflict, if set, is told about each new claim on an IP that
+	// another live endpoint holds.
+	onConflict func(newer, older Endpoint)
+}
+
+type epRef struct{ owner, id string }
+
+type vniIP struct {
+	vni uint32
+	ip  [4]byte
+}
+
+func newEndpointIndex(self string) *endpointIndex {
+	return &endpointIndex{self: self, byVNI: map[uint32]map[epRef]*Endpoint{}, byIP: map[vniIP]map[epRef]struct{}{}}
+}
+
+func (x *endpointIndex) add(owner, _ string, val any) {
+	ep := val.(*Endpoint)
+	ref := epRef{owner, ep.ID}
+	m := x.byVNI[ep.VNI]
+	if m == nil {
+		m = map[epRef]*Endpoint{}
+		x.byVNI[ep.VNI] = m
+	}
+	m[ref] = ep
+	ik := vniIP{ep.VNI, [4]byte(ep.IP.To4())}
+	others := x.byIP[ik]
+	if others == nil {
+		others = map[epRef]struct{}{}
+		x.byIP[ik] = others
+	}
+	for r := range others {
+		x.conflicts++
+		if x.onConflict != nil {
+			other := x.byVNI[ep.VNI][r]
+			if other.NewerThan(ep) {
+				x.onConflict(*other, *ep)
+			} else {
+				x.onConflict(*ep, *other)
+			}
+		}
+		break
+	}
+	others[ref] = struct{}{}
+}
+
+func (x *endpointIndex) remove(owner, _ string, val any) {
+	ep := val.(*Endpoint)
+	ref := epRef{owner, ep.ID}
+	if m := x.byVNI[ep.VNI]; m != nil {
+		delete(m, ref)
+		if len(m) == 0 {
+			delete(x.byVNI, ep.VNI)
+		}
+	}
+	ik := vniIP{ep.VNI, [4]byte(ep.IP.To4())}
+	if m := x.byIP[ik]; m != nil {
+		delete(m, ref)
+		if len(m) == 0 {
+			delete(x.byIP, ik)
+		}
+	}
+}
+
+// endpoints returns the remote winners per IP in one VNI.
+func (x *endpointIndex) endpoints(vni uint32) []Endpoint {
+	best := map[[4]byte]*Endpoint{}
+	for _, ep := range x.byVNI[vni] {
+		ip := [4]byte(ep.IP.To4())
+		if cur := best[ip]; cur == nil || ep.NewerThan(cur) {
+			best[ip] = ep
+		}
+	}
+	out := make([]Endpoint, 0, len(best))
+	for _, ep := range best {
+		if ep.Node != x.self {
+			out = append(out, copyEndpoint(*ep))
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if c := bytes.Compare(out[i].IP, out[j].IP); c != 0 {
+			return c < 0
+		}
+		if out[i].Node != out[j].Node {
+			return out[i].Node < out[j].Node
+		}
+		return out[i].ID < out[j].ID
+	})
+	return out
+}
