@@ -117,7 +117,7 @@ func newCluster(cfg Config, h Handler) *Cluster {
 		hello:  newHelloQueue(),
 		stop:   make(chan struct{}),
 		members: map[string]Member{cfg.NodeName: {
-			Name: cfg.NodeName, Addr: cfg.AdvertiseAddr, Port: cfg.BindPort, State: "alive"}},
+			Name: cfg.NodeName, Addr: cfg.AdvertiseAddr, Port: cfg.BindPort}},
 	}
 	c.t = newTable(cfg.NodeName, cfg.TombstoneTTL, c.kinds)
 	// Registering into an empty registry cannot fail.
@@ -395,11 +395,12 @@ func (c *Cluster) setMember(n *memberlist.Node, present bool) {
 		delete(c.members, n.Name)
 		return
 	}
-	c.members[n.Name] = Member{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: int(n.Port), State: stateName(n.State)}
+	c.members[n.Name] = Member{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: int(n.Port)}
 }
 
-// Members lists the live nodes (alive or suspect), this one included,
-// sorted by name.
+// Members lists the live nodes, this one included, sorted by name: from
+// their join until memberlist declares them dead or they leave (a node under
+// suspicion is still listed).
 func (c *Cluster) Members() []Member {
 	c.membersMu.Lock()
 	defer c.membersMu.Unlock()
@@ -456,15 +457,6 @@ func (c *Cluster) Stats() Stats {
 		DirectDropped:     c.directDropped.Load(),
 		OwnersDropped:     ts.ownersDropped,
 	}
-}
-
-// Leave announces a graceful departure, waiting up to timeout for it to
-// spread; peers then drop our records at once. Call Shutdown afterwards.
-func (c *Cluster) Leave(timeout time.Duration) error {
-	if err := c.ml.Leave(timeout); err != nil {
-		return fmt.Errorf("leave cluster: %w", err)
-	}
-	return nil
 }
 
 // Shutdown stops gossip and the background loops without announcing

@@ -192,7 +192,7 @@ func TestKilledNodeRemovedAndRestored(t *testing.T) {
 	for _, n := range nodes[:3] {
 		poll.True(t, 3*time.Second, "victim's endpoints", func() bool { return len(n.Endpoints(9)) == 3 })
 	}
-	victim.Shutdown() // crash: no Leave
+	victim.Shutdown() // a crash: peers must detect it
 	start := time.Now()
 	for _, n := range nodes[:3] {
 		poll.True(t, dead+time.Second-time.Since(start), n.self+" drops the dead node's endpoints", func() bool { return len(n.Endpoints(9)) == 0 })

@@ -310,16 +310,3 @@ func (t *table) snapshot(clock uint64, flags byte, ownOnly bool) stateMsg {
 	}
 	return m
 }
-
-func (t *table) count() (live, tombstones int) {
-	for _, o := range t.owners {
-		for _, e := range o.recs {
-			if e.deleted {
-				tombstones++
-			} else {
-				live++
-			}
-		}
-	}
-	return
-}

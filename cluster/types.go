@@ -51,21 +51,13 @@ type Handler interface {
 	EndpointsChanged(vni uint32)
 }
 
-// HandlerFunc adapts a function to Handler.
-type HandlerFunc func(vni uint32)
-
-// EndpointsChanged calls f(vni).
-func (f HandlerFunc) EndpointsChanged(vni uint32) { f(vni) }
-
-// Member is a node as seen by memberlist.
+// Member is a live node: memberlist lists a node from its join until it is
+// declared dead or leaves. A node under suspicion is still listed (memberlist
+// keeps suspicion to itself), so there is no state to report.
 type Member struct {
 	Name string
 	Addr net.IP
 	Port int
-	// State is "alive" for every listed member: memberlist keeps suspicion
-	// private (Node.State is never updated), and dead or left nodes are
-	// not listed.
-	State string
 }
 
 // Record is a generic owned, versioned record (see PutRecord).

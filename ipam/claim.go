@@ -65,7 +65,7 @@ func (e *claimError) Error() string { return e.reason }
 func (d *Driver) peers() map[string]bool {
 	out := map[string]bool{}
 	for _, m := range d.cl.Members() {
-		if m.Name != d.self && (m.State == "alive" || m.State == "suspect" || m.State == "") {
+		if m.Name != d.self {
 			out[m.Name] = true
 		}
 	}

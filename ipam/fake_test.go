@@ -152,7 +152,7 @@ func (fn *fakeNode) Members() []cluster.Member {
 		if n.detected && !n.reachableLocked(fn.name, name) {
 			continue
 		}
-		out = append(out, cluster.Member{Name: name, State: "alive"})
+		out = append(out, cluster.Member{Name: name})
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
 	return out

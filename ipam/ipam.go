@@ -22,7 +22,7 @@ import (
 // Cluster is the part of the gossip layer the IPAM driver uses;
 // *cluster.Cluster implements it.
 type Cluster interface {
-	// Members lists known nodes, this one included, with their state.
+	// Members lists the live nodes, this one included.
 	Members() []cluster.Member
 	PutRecord(kind, key string, value []byte) error
 	DeleteRecord(kind, key string) error

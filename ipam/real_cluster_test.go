@@ -48,13 +48,7 @@ func TestRealClusterConcurrentAllocations(t *testing.T) {
 	}
 	poll.True(t, 5*time.Second, "all three nodes see each other", func() bool {
 		for _, c := range cls {
-			alive := 0
-			for _, m := range c.Members() {
-				if m.State == "alive" {
-					alive++
-				}
-			}
-			if alive != 3 {
+			if len(c.Members()) != 3 {
 				return false
 			}
 		}

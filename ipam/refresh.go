@@ -12,9 +12,7 @@ import (
 func (d *Driver) Refresh() {
 	alive := map[string]bool{}
 	for _, m := range d.cl.Members() {
-		if m.State == "alive" || m.State == "suspect" || m.State == "" {
-			alive[m.Name] = true
-		}
+		alive[m.Name] = true
 	}
 	now := time.Now()
 	seen := map[knownKey]bool{}
