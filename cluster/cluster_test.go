@@ -215,17 +215,35 @@ func TestKilledNodeRemovedAndRestored(t *testing.T) {
 
 // A node that restarts faster than failure detection (others never saw it
 // die) and lost an endpoint: its own full state removes the stale copy.
+// DeadTimeout is far above the waits, and the test checks that no peer
+// declared the node dead, which would drop all its records and pass the
+// test for the wrong reason.
 func TestFastRestartExpiresStaleRecords(t *testing.T) {
-	nodes := startCluster(t, 3, nodeOpts{dead: 5 * time.Second})
+	o := nodeOpts{dead: 30 * time.Second}
+	nodes := startCluster(t, 3, o)
 	v := nodes[2]
-	port := v.cfg.BindPort
-	v.PublishEndpoint(testEP(9, "gone", 20))
-	poll.True(t, 3*time.Second, "n0 sees it", func() bool { return hasEP(nodes[0], 9, "n2", "gone") })
-	v.Shutdown()
-	back := startNode(t, "n2", nodeOpts{dead: 5 * time.Second, port: port, peers: []string{addr(nodes[0])}}, nil)
-	_ = back
+	for i, id := range []string{"gone", "kept"} {
+		if err := v.PublishEndpoint(testEP(9, id, byte(20+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, n := range nodes[:2] {
-		poll.True(t, 5*time.Second, n.self+" drops the stale endpoint", func() bool { return !hasEP(n, 9, "n2", "gone") })
+		poll.True(t, 3*time.Second, n.self+" sees both endpoints", func() bool { return hasEP(n, 9, "n2", "gone") && hasEP(n, 9, "n2", "kept") })
+	}
+	v.Shutdown()
+	o.port, o.peers = v.cfg.BindPort, []string{addr(nodes[0])}
+	back := startNode(t, "n2", o, nil)
+	if err := back.PublishEndpoint(testEP(9, "kept", 21)); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes[:2] {
+		poll.True(t, 5*time.Second, n.self+" drops the stale endpoint and keeps the other", func() bool {
+			return !hasEP(n, 9, "n2", "gone") && hasEP(n, 9, "n2", "kept")
+		})
+		if s := n.Stats(); s.OwnersDropped != 0 || s.RecordsExpired == 0 {
+			t.Fatalf("%s: owners dropped %d, records expired %d; want 0 and at least 1 (the restarted node's full state removes the stale endpoint, not a death)",
+				n.self, s.OwnersDropped, s.RecordsExpired)
+		}
 	}
 }
 
