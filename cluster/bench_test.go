@@ -87,7 +87,7 @@ func BenchmarkPropagation(b *testing.B) {
 					src := s % n
 					start := time.Now()
 					ep := Endpoint{VNI: vni, ID: "bench", IP: net.IPv4(10, 1, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}}
-					if err := nodes[src].PublishEndpoint(ep); err != nil {
+					if _, err := nodes[src].PublishEndpoint(ep); err != nil {
 						b.Fatal(err)
 					}
 					var last time.Duration
@@ -138,7 +138,7 @@ func BenchmarkJoinLearn(b *testing.B) {
 				ip := net.IPv4(10, byte(i), byte(j>>8), byte(j&0xff)+1)
 				id := fmt.Sprintf("%064x", i*per+j)
 				ep := Endpoint{VNI: uint32(1 + j%vnis), ID: id, IP: ip, MAC: net.HardwareAddr{2, 0, 0, byte(i), byte(j >> 8), byte(j)}}
-				if err := c.PublishEndpoint(ep); err != nil {
+				if _, err := c.PublishEndpoint(ep); err != nil {
 					b.Fatal(err)
 				}
 			}

@@ -159,19 +159,56 @@ func (c *Cluster) nextVersion() uint64 {
 	return v
 }
 
+// maxClockLead bounds how far ahead of the wall clock a version this node
+// learns about may move its clock, so that a corrupt stamp cannot push the
+// clock to the end of its range.
+const maxClockLead = 24 * time.Hour
+
+// raiseClockLocked moves the clock up to v, a version this node issued in an
+// earlier life and learns about again (a persisted claim stamp, a copy of
+// its own record): what it issues from now on must be above it. It refuses
+// (false) a v far ahead of the wall clock. Needs c.mu.
+func (c *Cluster) raiseClockLocked(v uint64) bool {
+	if v > uint64(time.Now().Add(maxClockLead).UnixNano()) {
+		return false
+	}
+	c.clock = max(c.clock, v)
+	return true
+}
+
 // PublishEndpoint publishes (or republishes) a local endpoint with a new
-// version and sends it to every member at once.
-func (c *Cluster) PublishEndpoint(ep Endpoint) error {
+// version, sends it to every member at once, and returns it as published
+// (Node, VTEP, Version and Created filled in).
+//
+// ep.Created is zero for a new endpoint: its claim is stamped with this
+// publish's version. To republish an endpoint (after a restart, or to change
+// it), pass the Created of its first publish, which the caller persists with
+// the endpoint: the claim then keeps its age, and a restart cannot turn a
+// claim that lost a duplicate-IP conflict into the winner.
+func (c *Cluster) PublishEndpoint(ep Endpoint) (Endpoint, error) {
 	if err := checkEndpoint(ep); err != nil {
-		return fmt.Errorf("publish endpoint: %w", err)
+		return Endpoint{}, fmt.Errorf("publish endpoint: %w", err)
 	}
 	ep = copyEndpoint(ep)
 	ep.IP = ep.IP.To4()
 	ep.VTEP = c.cfg.AdvertiseAddr
-	if _, err := c.publish(kindEndpoint, endpointKey(ep.VNI, ep.ID), func(uint64) []byte { return encodeEndpointValue(ep) }, nil); err != nil {
-		return fmt.Errorf("publish endpoint: %w", err)
+	c.mu.Lock()
+	ok := c.raiseClockLocked(ep.Created)
+	c.mu.Unlock()
+	if !ok {
+		return Endpoint{}, fmt.Errorf("publish endpoint: claim stamp %d is far in the future (wall clock now %d): pass the Created this node returned",
+			ep.Created, time.Now().UnixNano())
 	}
-	return nil
+	it, err := c.publish(kindEndpoint, endpointKey(ep.VNI, ep.ID), func(v uint64) []byte {
+		if ep.Created == 0 {
+			ep.Created = v
+		}
+		return encodeEndpointValue(ep)
+	}, nil)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("publish endpoint: %w", err)
+	}
+	return copyEndpoint(*it.val.(*Endpoint)), nil
 }
 
 // WithdrawEndpoint replaces a local endpoint by a tombstone and sends it at
@@ -281,13 +318,54 @@ func (c *Cluster) publish(kind, key string, value func(version uint64) []byte, c
 		return item{}, err
 	}
 	var ch changes
-	c.t.put(c.self, it, srcLocal, &ch)
-	msg := encodeRecord(c.self, w)
-	c.q.QueueBroadcast(&broadcast{name: kind + "\x00" + key, msg: msg})
+	msg := c.storeOwnLocked(it, &ch)
 	c.mu.Unlock()
 	c.notify.add(ch)
 	c.sendAll(msg)
 	return it, nil
+}
+
+// storeOwnLocked stores a record of this node and queues it for gossip; the
+// caller sends the returned message to every member once it has unlocked.
+// Needs c.mu.
+func (c *Cluster) storeOwnLocked(it item, ch *changes) []byte {
+	c.t.put(c.self, it, srcLocal, ch)
+	msg := encodeRecord(c.self, it.w)
+	c.q.QueueBroadcast(&broadcast{name: it.w.Kind + "\x00" + it.w.Key, msg: msg})
+	return msg
+}
+
+// ownCopiesLocked handles copies of this node's records that came back from
+// the network (push/pull carries everyone's records). Normally they are no
+// newer than what we hold and change nothing. A newer one means this node
+// issued it in an earlier life and its clock went back since (a restart that
+// lost the saved version floor, with the wall clock behind): the clock moves
+// past it, and a record we hold at a lower version is republished above it,
+// so that our current value wins everywhere. One we no longer hold needs
+// nothing: our next full state, whose clock is now above it, expires it.
+// Needs c.mu; returns the messages to send once unlocked.
+func (c *Cluster) ownCopiesLocked(copies []item, ch *changes) (resend [][]byte) {
+	for _, cp := range copies {
+		c.t.st.deadOwner++
+		if !c.raiseClockLocked(cp.w.Version) {
+			c.log.Warn("ignoring a copy of our own record stamped far in the future", "kind", cp.w.Kind, "key", cp.w.Key, "version", cp.w.Version)
+			continue
+		}
+		k := recKey{cp.w.Kind, cp.w.Key}
+		e := c.t.ownEntry(k)
+		if e == nil || e.version >= cp.w.Version {
+			continue
+		}
+		w := wireRecord{Kind: k.kind, Key: k.key, Version: c.nextVersion(), Deleted: e.deleted, Value: e.value}
+		it, err := prepare(c.kinds, c.self, w)
+		if err != nil {
+			continue // cannot happen: the same record passed when we published it
+		}
+		c.log.Warn("the network holds a newer version of one of our records, issued before our clock went back; republishing ours above it",
+			"kind", k.kind, "key", k.key, "ours", e.version, "theirs", cp.w.Version)
+		resend = append(resend, c.storeOwnLocked(it, ch))
+	}
+	return resend
 }
 
 func (c *Cluster) sendAll(msg []byte) {
@@ -602,10 +680,18 @@ func (c *Cluster) handleRecord(body []byte) {
 		return
 	}
 	var ch changes
+	var resend [][]byte
 	c.mu.Lock()
-	c.t.put(owner, it, srcRelay, &ch)
+	if owner == c.self {
+		resend = c.ownCopiesLocked([]item{it}, &ch)
+	} else {
+		c.t.put(owner, it, srcRelay, &ch)
+	}
 	c.mu.Unlock()
 	c.notify.add(ch)
+	for _, msg := range resend {
+		c.sendAll(msg)
+	}
 }
 
 func (c *Cluster) handleState(body []byte) {
@@ -634,12 +720,18 @@ func (c *Cluster) handleState(body []byte) {
 		}
 		groups[o.Owner] = append(groups[o.Owner], items...)
 	}
+	own := groups[c.self]
+	delete(groups, c.self)
 	var ch changes
 	c.mu.Lock()
+	resend := c.ownCopiesLocked(own, &ch)
 	c.t.applyState(m.Sender, m.Clock, groups, &ch)
 	c.heard[m.Sender] = struct{}{}
 	c.mu.Unlock()
 	c.notify.add(ch)
+	for _, msg := range resend {
+		c.sendAll(msg)
+	}
 	if m.Flags&stateHello != 0 {
 		c.hello.add(m.Sender, false)
 	}

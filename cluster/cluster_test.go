@@ -21,6 +21,7 @@ type nodeOpts struct {
 	port  int
 	fast  bool // short gossip/push-pull intervals for many nodes in one process
 	peers []string
+	minV  uint64 // Config.MinVersion: the version floor a restarted node persisted
 }
 
 type recorder struct {
@@ -59,6 +60,7 @@ func startNode(t testing.TB, name string, o nodeOpts, h Handler) *Cluster {
 		Peers:          o.peers,
 		SecretKey:      o.key,
 		DeadTimeout:    o.dead,
+		MinVersion:     o.minV,
 		RejoinInterval: time.Second,
 		Logger:         discardLogger(),
 		Tune: func(mc *memberlist.Config) {
@@ -121,7 +123,7 @@ func TestPublishWithdrawPropagate(t *testing.T) {
 	poll.True(t, 5*time.Second, "3 members", func() bool { return a.alive.Load() == 3 && b.alive.Load() == 3 && c.alive.Load() == 3 })
 
 	ep := testEP(42, "ep-a", 2)
-	if err := a.PublishEndpoint(ep); err != nil {
+	if _, err := a.PublishEndpoint(ep); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []*Cluster{b, c} {
@@ -140,7 +142,7 @@ func TestPublishWithdrawPropagate(t *testing.T) {
 	if err := a.WithdrawEndpoint(42, "ep-a"); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.PublishEndpoint(testEP(42, "ep-b", 2)); err != nil {
+	if _, err := b.PublishEndpoint(testEP(42, "ep-b", 2)); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []*Cluster{a, c} {
@@ -185,7 +187,7 @@ func TestKilledNodeRemovedAndRestored(t *testing.T) {
 	victim := nodes[3]
 	port := victim.cfg.BindPort
 	for i := range 3 {
-		if err := victim.PublishEndpoint(testEP(9, fmt.Sprintf("v%d", i), byte(10+i))); err != nil {
+		if _, err := victim.PublishEndpoint(testEP(9, fmt.Sprintf("v%d", i), byte(10+i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -202,7 +204,7 @@ func TestKilledNodeRemovedAndRestored(t *testing.T) {
 	// Restart with the same name and port, having lost one endpoint.
 	back := startNode(t, "n3", nodeOpts{dead: dead, port: port, peers: []string{addr(nodes[0])}}, nil)
 	for i := range 2 {
-		if err := back.PublishEndpoint(testEP(9, fmt.Sprintf("v%d", i), byte(10+i))); err != nil {
+		if _, err := back.PublishEndpoint(testEP(9, fmt.Sprintf("v%d", i), byte(10+i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -223,7 +225,7 @@ func TestFastRestartExpiresStaleRecords(t *testing.T) {
 	nodes := startCluster(t, 3, o)
 	v := nodes[2]
 	for i, id := range []string{"gone", "kept"} {
-		if err := v.PublishEndpoint(testEP(9, id, byte(20+i))); err != nil {
+		if _, err := v.PublishEndpoint(testEP(9, id, byte(20+i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -233,7 +235,7 @@ func TestFastRestartExpiresStaleRecords(t *testing.T) {
 	v.Shutdown()
 	o.port, o.peers = v.cfg.BindPort, []string{addr(nodes[0])}
 	back := startNode(t, "n2", o, nil)
-	if err := back.PublishEndpoint(testEP(9, "kept", 21)); err != nil {
+	if _, err := back.PublishEndpoint(testEP(9, "kept", 21)); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range nodes[:2] {
@@ -247,18 +249,109 @@ func TestFastRestartExpiresStaleRecords(t *testing.T) {
 	}
 }
 
+// winnerAt returns "node/id" of the endpoint c programs for ip in vni, or ""
+// when it programs none (c's own claim wins, or there is none).
+func winnerAt(c *Cluster, vni uint32, ip net.IP) string {
+	for _, e := range c.Endpoints(vni) {
+		if e.IP.Equal(ip) {
+			return e.Node + "/" + e.ID
+		}
+	}
+	return ""
+}
+
+// ownVersionAt returns the version of owner's record key as c holds it.
+func ownVersionAt(c *Cluster, owner, kind, key string) uint64 {
+	for _, r := range c.Records(kind) {
+		if r.Owner == owner && r.Key == key {
+			return r.Version
+		}
+	}
+	return 0
+}
+
+// Two nodes claim one IP and the newer claim wins everywhere. Restarting
+// the older claimant, which republishes its endpoint from its persisted
+// state, must not make its claim the newer one: it still loses everywhere,
+// whether the others saw it die or not.
+func TestRestartKeepsClaimOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		dead     time.Duration
+		seenDead bool // wait until the others dropped the node before restarting it
+	}{
+		{"fast restart", 30 * time.Second, false},
+		{"after peers saw it die", 2 * time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := nodeOpts{dead: tc.dead}
+			nodes := startCluster(t, 3, o)
+			older, newer, observer := nodes[0], nodes[1], nodes[2]
+			ep := testEP(5, "old", 7)
+			pub, err := older.PublishEndpoint(ep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pub.Created == 0 || pub.Created != pub.Version || pub.Node != "n0" {
+				t.Fatalf("a new endpoint is published as %+v; want Created = Version, Node n0", pub)
+			}
+			if _, err := newer.PublishEndpoint(testEP(5, "new", 7)); err != nil {
+				t.Fatal(err)
+			}
+			wantNewerWins := func(what string, older *Cluster) {
+				t.Helper()
+				poll.True(t, 5*time.Second, what, func() bool {
+					return winnerAt(observer, 5, ep.IP) == "n1/new" && winnerAt(newer, 5, ep.IP) == "" && winnerAt(older, 5, ep.IP) == "n1/new"
+				})
+			}
+			wantNewerWins("the newer claim wins everywhere", older)
+
+			// Restart the older claimant with what it persisted: its version
+			// floor and the endpoint with its claim stamp.
+			key := endpointKey(5, "old")
+			before := ownVersionAt(observer, "n0", kindEndpoint, key)
+			floor := older.Version()
+			older.Shutdown()
+			if tc.seenDead {
+				poll.True(t, 2*tc.dead, "the others drop the dead node's endpoint", func() bool {
+					return ownVersionAt(observer, "n0", kindEndpoint, key) == 0 && ownVersionAt(newer, "n0", kindEndpoint, key) == 0
+				})
+			}
+			o.port, o.peers, o.minV = older.cfg.BindPort, []string{addr(newer)}, floor
+			back := startNode(t, "n0", o, nil)
+			ep.Created = pub.Created
+			again, err := back.PublishEndpoint(ep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again.Created != pub.Created || again.Version <= pub.Version {
+				t.Fatalf("republished as %+v after %+v; want the same Created at a higher Version", again, pub)
+			}
+			poll.True(t, 5*time.Second, "the others have the republished endpoint", func() bool {
+				return ownVersionAt(observer, "n0", kindEndpoint, key) > before && ownVersionAt(newer, "n0", kindEndpoint, key) > before
+			})
+			wantNewerWins("the newer claim still wins everywhere after the older claimant restarted", back)
+		})
+	}
+}
+
 func TestEncryption(t *testing.T) {
 	key := []byte("0123456789abcdef0123456789abcdef")
 	a := startNode(t, "a", nodeOpts{key: key}, nil)
 	b := startNode(t, "b", nodeOpts{key: key, peers: []string{addr(a)}}, nil)
 	poll.True(t, 5*time.Second, "a and b joined", func() bool { return a.alive.Load() == 2 && b.alive.Load() == 2 })
-	a.PublishEndpoint(testEP(3, "ea", 2))
+	if _, err := a.PublishEndpoint(testEP(3, "ea", 2)); err != nil {
+		t.Fatal(err)
+	}
 	poll.True(t, 3*time.Second, "b learns a's endpoint", func() bool { return hasEP(b, 3, "a", "ea") })
 
 	bad := startNode(t, "mallory", nodeOpts{key: []byte("XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"), peers: []string{addr(a), addr(b)}}, nil)
 	plain := startNode(t, "plain", nodeOpts{peers: []string{addr(a)}}, nil)
-	bad.PublishEndpoint(testEP(3, "evil", 66))
-	plain.PublishEndpoint(testEP(3, "evil2", 67))
+	for _, n := range []*Cluster{bad, plain} {
+		if _, err := n.PublishEndpoint(testEP(3, "evil-"+n.self, 66)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	poll.True(t, 5*time.Second, "decrypt failures counted on the keyed nodes", func() bool {
 		return a.Stats().DecryptFailures > 0 && b.Stats().DecryptFailures > 0
 	})
@@ -267,7 +360,7 @@ func TestEncryption(t *testing.T) {
 	if len(bad.Endpoints(3)) != 0 || len(plain.Endpoints(3)) != 0 || bad.alive.Load() != 1 || plain.alive.Load() != 1 {
 		t.Fatalf("wrong-key node learned something: eps=%v members=%d", bad.Endpoints(3), bad.alive.Load())
 	}
-	if hasEP(a, 3, "mallory", "evil") || hasEP(b, 3, "plain", "evil2") || a.alive.Load() != 2 {
+	if hasEP(a, 3, "mallory", "evil-mallory") || hasEP(b, 3, "plain", "evil-plain") || a.alive.Load() != 2 {
 		t.Fatal("keyed nodes accepted an intruder")
 	}
 	t.Logf("decrypt failures: a=%d b=%d mallory=%d", a.Stats().DecryptFailures, b.Stats().DecryptFailures, bad.Stats().DecryptFailures)
@@ -293,7 +386,9 @@ func TestNetworkConflict(t *testing.T) {
 	}
 	t.Logf("conflict error: %v", err)
 	// After a withdraws, b may redefine it.
-	a.WithdrawNetwork(100)
+	if err := a.WithdrawNetwork(100); err != nil {
+		t.Fatal(err)
+	}
 	poll.True(t, 3*time.Second, "b sees the withdrawal", func() bool {
 		for _, n := range b.Networks() {
 			if n.Node == "a" {

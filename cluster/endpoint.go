@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"net"
 	"net/netip"
@@ -13,12 +14,14 @@ import (
 	"github.com/vxovl/vxovl/internal/vxlan"
 )
 
-// Endpoints are records of kind "ep", keyed "<vni>/<endpoint ID>", whose
-// value is the IPv4 address, MAC and VTEP.
+// Endpoints are records of kind "ep", keyed "<vni>/<endpoint ID>". The
+// value is the IPv4 address, MAC and VTEP (14 bytes), then Created
+// (uvarint). A value of only the first 14 bytes, as sent before Created
+// existed, is a claim as old as its record (Created = Version).
 const (
 	kindEndpoint = "ep"
 	maxEPID      = 128
-	epValLen     = 4 + 6 + 4 // IP, MAC, VTEP
+	epFixedLen   = 4 + 6 + 4 // IP, MAC, VTEP
 )
 
 // endpointKind is the built-in kind behind PublishEndpoint and Endpoints.
@@ -107,10 +110,11 @@ func checkEndpoint(ep Endpoint) error {
 }
 
 func encodeEndpointValue(ep Endpoint) []byte {
-	b := make([]byte, 0, epValLen)
+	b := make([]byte, 0, epFixedLen+binary.MaxVarintLen64)
 	b = append(b, ep.IP.To4()...)
 	b = append(b, ep.MAC...)
-	return append(b, ep.VTEP.To4()...)
+	b = append(b, ep.VTEP.To4()...)
+	return binary.AppendUvarint(b, ep.Created)
 }
 
 // decodeEndpoint turns a live endpoint record into an Endpoint, validating
@@ -120,8 +124,8 @@ func decodeEndpoint(owner string, w wireRecord) (Endpoint, error) {
 	if err != nil {
 		return Endpoint{}, err
 	}
-	if len(w.Value) != epValLen {
-		return Endpoint{}, fmt.Errorf("endpoint value is %d bytes, want %d", len(w.Value), epValLen)
+	if len(w.Value) < epFixedLen {
+		return Endpoint{}, fmt.Errorf("endpoint value is %d bytes, want at least %d", len(w.Value), epFixedLen)
 	}
 	ep := Endpoint{
 		VNI:     vni,
@@ -131,6 +135,17 @@ func decodeEndpoint(owner string, w wireRecord) (Endpoint, error) {
 		VTEP:    net.IP(append([]byte(nil), w.Value[10:14]...)),
 		Node:    owner,
 		Version: w.Version,
+		Created: w.Version,
+	}
+	if rest := w.Value[epFixedLen:]; len(rest) > 0 {
+		r := reader{b: rest}
+		ep.Created = r.uvarint()
+		if err := r.done(); err != nil {
+			return Endpoint{}, fmt.Errorf("endpoint value: %w", err)
+		}
+		if ep.Created == 0 || ep.Created > ep.Version {
+			return Endpoint{}, fmt.Errorf("endpoint created at version %d, published at %d", ep.Created, ep.Version)
+		}
 	}
 	if _, ok := unicastIPv4(ep.IP); !ok {
 		return Endpoint{}, fmt.Errorf("endpoint IP %s is not unicast IPv4", ep.IP)

@@ -53,7 +53,7 @@ func TestKindsShareOneMechanism(t *testing.T) {
 	}
 
 	c.notify.take() // drop what came before
-	ep := Endpoint{VNI: 7, ID: "e", IP: net.IPv4(10, 0, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, VTEP: net.IPv4(10, 1, 0, 1)}
+	ep := Endpoint{VNI: 7, ID: "e", IP: net.IPv4(10, 0, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, VTEP: net.IPv4(10, 1, 0, 1), Created: 2}
 	receive(wireRecord{Kind: kindEndpoint, Key: endpointKey(7, "e"), Version: 2, Value: encodeEndpointValue(ep)})
 	receive(wireRecord{Kind: kindEndpoint, Key: endpointKey(8, "e"), Version: 2, Deleted: true})
 	receive(wireRecord{Kind: "blk", Key: "good", Version: 2, Value: []byte("ok")})

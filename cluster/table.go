@@ -13,7 +13,8 @@ import (
 //
 // Rules:
 //   - Only the owner changes its records; copies of our own records coming
-//     back from the network are ignored.
+//     back from the network are not merged (Cluster.ownCopiesLocked reads
+//     them for what they say about our clock).
 //   - Per (owner, kind, key) the higher version wins; an equal version is a
 //     duplicate. Tombstones are records too, so a late add cannot undo a
 //     newer delete.
@@ -169,6 +170,14 @@ func (t *table) setAlive(name string, alive bool, ch *changes) {
 }
 
 func (t *table) isAlive(name string) bool { return t.alive[name] }
+
+// ownEntry returns this node's record k, or nil.
+func (t *table) ownEntry(k recKey) *entry {
+	if o := t.owners[t.self]; o != nil {
+		return o.recs[k]
+	}
+	return nil
+}
 
 // put merges one record.
 func (t *table) put(owner string, it item, src source, ch *changes) result {

@@ -9,7 +9,7 @@ import (
 func epItem(t *testing.T, owner string, vni uint32, id, ip string, mac byte, v uint64) item {
 	t.Helper()
 	ep := Endpoint{VNI: vni, ID: id, IP: net.ParseIP(ip).To4(), MAC: net.HardwareAddr{2, 0, 0, 0, 0, mac},
-		Node: owner, VTEP: net.IPv4(127, 0, 0, 1).To4(), Version: v}
+		Node: owner, VTEP: net.IPv4(127, 0, 0, 1).To4(), Version: v, Created: v}
 	w := wireRecord{Kind: kindEndpoint, Key: endpointKey(vni, id), Version: v, Value: encodeEndpointValue(ep)}
 	it, err := prepare(newTestCluster("self").kinds, owner, w)
 	if err != nil {
@@ -214,7 +214,7 @@ func TestTableNetworkConflict(t *testing.T) {
 
 func TestPrepareRejectsMalformed(t *testing.T) {
 	kinds := newTestCluster("self").kinds
-	good := Endpoint{VNI: 7, ID: "e", IP: net.IPv4(10, 0, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, VTEP: net.IPv4(127, 0, 0, 1)}
+	good := Endpoint{VNI: 7, ID: "e", IP: net.IPv4(10, 0, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, VTEP: net.IPv4(127, 0, 0, 1), Created: 1}
 	val := func(ep Endpoint) []byte { return encodeEndpointValue(ep) }
 	bad := []wireRecord{
 		{Kind: kindEndpoint, Key: "0/e", Version: 1, Value: val(good)},
@@ -230,6 +230,9 @@ func TestPrepareRejectsMalformed(t *testing.T) {
 		{Kind: kindNetwork, Key: "7", Version: 1, Value: append([]byte{10}, "10.0.0.0/24"...)}, // MTU 10
 		{Kind: kindNetwork, Key: "7", Version: 1, Value: append([]byte{0xaa, 0x0b}, "10.0.0.1/24"...)},
 		{Kind: "", Key: "k", Version: 1},
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: func() []byte { e := good; e.Created = 6; return val(e) }()}, // created after its publish
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: func() []byte { e := good; e.Created = 0; return val(e) }()},
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: append(val(good), 0)}, // trailing byte
 	}
 	for i, w := range bad {
 		if _, err := prepare(kinds, "a", w); err == nil {
@@ -241,5 +244,86 @@ func TestPrepareRejectsMalformed(t *testing.T) {
 	}
 	if _, err := prepare(kinds, "bad name", wireRecord{Kind: "x", Key: "k", Version: 1}); err == nil {
 		t.Fatal("owner with space accepted")
+	}
+}
+
+// Copies of our own records come back in every push/pull. An older or equal
+// copy changes nothing. A newer one (issued before a restart that lost the
+// version floor, with the wall clock behind) moves the clock past it and
+// gets our current record republished above it; a copy of a record we no
+// longer hold only moves the clock, so our next full state expires it.
+func TestOwnCopies(t *testing.T) {
+	c := newTestCluster("self")
+	c.t.setAlive("a", true, nil)
+	ep := testEP(7, "e", 2)
+	pub, err := c.PublishEndpoint(ep)
+	if err != nil {
+		t.Fatal(err)
+	}
+	stale := pub
+	stale.MAC = net.HardwareAddr{2, 0, 0, 0, 0, 0x99}
+	valueAt := func(id string, ip byte, created uint64) []byte {
+		e := testEP(7, id, ip)
+		e.VTEP, e.Created = net.IPv4(127, 0, 0, 1), created
+		return encodeEndpointValue(e)
+	}
+	copyAt := func(key string, v uint64, value []byte) {
+		st := encodeState(stateMsg{Sender: "a", Clock: v, Owners: []ownerRecords{{Owner: "self", Recs: []wireRecord{
+			{Kind: kindEndpoint, Key: key, Version: v, Value: value}}}}})
+		(*delegate)(c).NotifyMsg(st)
+	}
+	held := func() Endpoint {
+		e := c.t.ownEntry(recKey{kindEndpoint, endpointKey(7, "e")})
+		return *e.val.(*Endpoint)
+	}
+
+	copyAt(endpointKey(7, "e"), pub.Version, encodeEndpointValue(stale))
+	if got := held(); got.Version != pub.Version || got.MAC.String() != ep.MAC.String() {
+		t.Fatalf("an equal copy changed our record: %+v", got)
+	}
+
+	future := pub.Version + uint64(time.Hour)
+	stale.Version = future
+	copyAt(endpointKey(7, "e"), future, encodeEndpointValue(stale))
+	got := held()
+	if got.Version <= future || got.MAC.String() != ep.MAC.String() || got.Created != pub.Created {
+		t.Fatalf("after a newer copy of our record we hold %+v; want ours, above version %d, same Created", got, future)
+	}
+	if c.Version() != got.Version {
+		t.Fatalf("clock %d, want the republished version %d", c.Version(), got.Version)
+	}
+
+	gone := future + uint64(time.Hour)
+	copyAt(endpointKey(7, "gone"), gone, valueAt("gone", 3, gone))
+	if c.Version() < gone || c.t.ownEntry(recKey{kindEndpoint, endpointKey(7, "gone")}) != nil {
+		t.Fatalf("a copy of a record we do not hold: clock %d (want >= %d), stored %v", c.Version(), gone,
+			c.t.ownEntry(recKey{kindEndpoint, endpointKey(7, "gone")}) != nil)
+	}
+	if snap := c.t.snapshot(c.nextVersion(), 0, true); snap.Clock <= gone {
+		t.Fatalf("our next full state has clock %d, not above the copy's %d: it would not expire it", snap.Clock, gone)
+	}
+
+	// A corrupt stamp far ahead of the wall clock does not move the clock.
+	before := c.Version()
+	copyAt(endpointKey(7, "x"), 1<<63, valueAt("x", 4, 1<<63))
+	if c.Version() != before {
+		t.Fatalf("a copy stamped far in the future moved the clock to %d", c.Version())
+	}
+}
+
+// Endpoint values sent before Created existed (14 bytes) still decode, as a
+// claim as old as its record.
+func TestEndpointValueCompat(t *testing.T) {
+	ep := testEP(7, "e", 2)
+	ep.VTEP = net.IPv4(10, 1, 0, 1)
+	old := encodeEndpointValue(ep)[:epFixedLen]
+	got, err := decodeEndpoint("a", wireRecord{Kind: kindEndpoint, Key: endpointKey(7, "e"), Version: 42, Value: old})
+	if err != nil || got.Created != 42 || got.Version != 42 || !got.IP.Equal(ep.IP) || !got.VTEP.Equal(ep.VTEP) {
+		t.Fatalf("14-byte value decoded as %+v, %v", got, err)
+	}
+	ep.Created = 40
+	got, err = decodeEndpoint("a", wireRecord{Kind: kindEndpoint, Key: endpointKey(7, "e"), Version: 42, Value: encodeEndpointValue(ep)})
+	if err != nil || got.Created != 40 {
+		t.Fatalf("decoded %+v, %v; want Created 40", got, err)
 	}
 }

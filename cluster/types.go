@@ -10,7 +10,8 @@ import (
 var ErrConflict = errors.New("conflicting network definition")
 
 // Endpoint is a container interface attached to an overlay, as gossiped
-// between nodes. The cluster fills Node, VTEP and Version on publish.
+// between nodes. The cluster fills Node, VTEP and Version on publish, and
+// Created on a new endpoint's first publish.
 type Endpoint struct {
 	VNI     uint32
 	ID      string // Docker endpoint ID, unique per node
@@ -18,14 +19,20 @@ type Endpoint struct {
 	MAC     net.HardwareAddr
 	Node    string // owner node
 	VTEP    net.IP // owner's underlay address (its AdvertiseAddr)
-	Version uint64 // owner's hybrid clock when it published this endpoint
+	Version uint64 // owner's hybrid clock when it last published this endpoint
+	// Created is the version of the endpoint's first publish: the age of its
+	// claim on IP. Republishing (after a restart, with new names) gives the
+	// record a new Version but keeps Created, so that the endpoint keeps its
+	// place against other claims on the same IP.
+	Created uint64
 }
 
-// NewerThan orders two claims on one IP (or one MAC): higher version, then
-// a deterministic tie-break so every node picks the same winner.
+// NewerThan orders two claims on one IP (or one MAC): the later claim, by
+// Created, wins (an older claim may be a leftover whose withdrawal was
+// lost); ties break deterministically so every node picks the same winner.
 func (e *Endpoint) NewerThan(o *Endpoint) bool {
-	if e.Version != o.Version {
-		return e.Version > o.Version
+	if e.Created != o.Created {
+		return e.Created > o.Created
 	}
 	if e.Node != o.Node {
 		return e.Node > o.Node

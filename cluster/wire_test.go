@@ -59,9 +59,12 @@ func TestRecordFitsPacket(t *testing.T) {
 // validate, merge. It must never panic. The seed corpus runs as a normal
 // test.
 func FuzzDecode(f *testing.F) {
-	ep := Endpoint{VNI: 7, ID: "e1", IP: net.IPv4(10, 0, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, VTEP: net.IPv4(127, 0, 0, 1)}
+	ep := Endpoint{VNI: 7, ID: "e1", IP: net.IPv4(10, 0, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, VTEP: net.IPv4(127, 0, 0, 1), Created: 3}
 	rec := wireRecord{Kind: kindEndpoint, Key: endpointKey(7, "e1"), Version: 5, Value: encodeEndpointValue(ep)}
 	f.Add(encodeRecord("a", rec))
+	legacy := rec
+	legacy.Value = legacy.Value[:epFixedLen]
+	f.Add(encodeRecord("b", legacy))
 	f.Add(encodeRecord("a", wireRecord{Kind: kindEndpoint, Key: "7/e1", Version: 6, Deleted: true}))
 	f.Add(encodeRecord("a", wireRecord{Kind: kindNetwork, Key: "7", Version: 6, Value: encodeNetworkValue(Network{Subnet: "10.0.0.0/24", MTU: 1450})}))
 	f.Add(encodeState(stateMsg{Sender: "a", Clock: 9, Owners: []ownerRecords{{Owner: "a", Recs: []wireRecord{rec}}, {Owner: "b", Recs: []wireRecord{rec}}}}))
@@ -76,7 +79,7 @@ func FuzzDecode(f *testing.F) {
 		(*delegate)(c).NotifyMsg(b)
 		(*delegate)(c).MergeRemoteState(b, false)
 		for _, e := range c.eps.endpoints(7) {
-			if checkEndpoint(e) != nil || e.VTEP.To4() == nil {
+			if checkEndpoint(e) != nil || e.VTEP.To4() == nil || e.Created == 0 || e.Created > e.Version {
 				t.Fatalf("invalid endpoint stored: %+v", e)
 			}
 		}
