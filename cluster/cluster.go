@@ -178,7 +178,8 @@ func (c *Cluster) raiseClockLocked(v uint64) bool {
 
 // PublishEndpoint publishes (or republishes) a local endpoint with a new
 // version, sends it to every member at once, and returns it as published
-// (Node, VTEP, Version and Created filled in).
+// (Node, VTEP, Version and Created filled in, Names normalised). Names must
+// pass dnsname.Normalize and take at most MaxNamesLen bytes together.
 //
 // ep.Created is zero for a new endpoint: its claim is stamped with this
 // publish's version. To republish an endpoint (after a restart, or to change
@@ -186,10 +187,12 @@ func (c *Cluster) raiseClockLocked(v uint64) bool {
 // the endpoint: the claim then keeps its age, and a restart cannot turn a
 // claim that lost a duplicate-IP conflict into the winner.
 func (c *Cluster) PublishEndpoint(ep Endpoint) (Endpoint, error) {
-	if err := checkEndpoint(ep); err != nil {
+	names, err := checkEndpoint(ep)
+	if err != nil {
 		return Endpoint{}, fmt.Errorf("publish endpoint: %w", err)
 	}
 	ep = copyEndpoint(ep)
+	ep.Names = names
 	ep.IP = ep.IP.To4()
 	ep.VTEP = c.cfg.AdvertiseAddr
 	c.mu.Lock()

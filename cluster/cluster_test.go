@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -123,15 +124,29 @@ func TestPublishWithdrawPropagate(t *testing.T) {
 	poll.True(t, 5*time.Second, "3 members", func() bool { return a.alive.Load() == 3 && b.alive.Load() == 3 && c.alive.Load() == 3 })
 
 	ep := testEP(42, "ep-a", 2)
-	if _, err := a.PublishEndpoint(ep); err != nil {
+	ep.Names = []string{"web", "web.app"}
+	pub, err := a.PublishEndpoint(ep)
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []*Cluster{b, c} {
 		poll.True(t, 3*time.Second, n.self+" sees ep-a", func() bool { return hasEP(n, 42, "a", "ep-a") })
 	}
 	got := b.Endpoints(42)[0]
-	if !got.IP.Equal(ep.IP) || got.MAC.String() != ep.MAC.String() || !got.VTEP.Equal(net.IPv4(127, 0, 0, 1)) || got.Version == 0 {
+	if !got.IP.Equal(ep.IP) || got.MAC.String() != ep.MAC.String() || !got.VTEP.Equal(net.IPv4(127, 0, 0, 1)) || got.Version == 0 ||
+		!slices.Equal(got.Names, ep.Names) {
 		t.Fatalf("b sees %+v", got)
+	}
+	// Names change by republishing.
+	ep.Names, ep.Created = []string{"web"}, pub.Created
+	if _, err := a.PublishEndpoint(ep); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Cluster{b, c} {
+		poll.True(t, 3*time.Second, n.self+" sees ep-a's new names", func() bool {
+			eps := n.Endpoints(42)
+			return len(eps) == 1 && slices.Equal(eps[0].Names, []string{"web"}) && eps[0].Created == pub.Created
+		})
 	}
 	if len(a.Endpoints(42)) != 0 {
 		t.Fatal("Endpoints must not return the node's own endpoints")

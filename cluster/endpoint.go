@@ -6,23 +6,32 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"unicode"
 
+	"github.com/vxovl/vxovl/internal/dnsname"
 	"github.com/vxovl/vxovl/internal/vxlan"
 )
 
 // Endpoints are records of kind "ep", keyed "<vni>/<endpoint ID>". The
 // value is the IPv4 address, MAC and VTEP (14 bytes), then Created
-// (uvarint). A value of only the first 14 bytes, as sent before Created
-// existed, is a claim as old as its record (Created = Version).
+// (uvarint) and the names (a uvarint count, then each name as a uvarint
+// length and its bytes). A value of only the first 14 bytes, as sent before
+// Created and names existed, is a claim as old as its record (Created =
+// Version) with no names.
 const (
 	kindEndpoint = "ep"
 	maxEPID      = 128
 	epFixedLen   = 4 + 6 + 4 // IP, MAC, VTEP
 )
+
+// MaxNamesLen bounds the total length of one endpoint's DNS names (the sum
+// of their lengths), so that the endpoint's record fits one gossip packet;
+// dnsname bounds each name (MaxLen) and their number (MaxNames).
+const MaxNamesLen = 512
 
 // endpointKind is the built-in kind behind PublishEndpoint and Endpoints.
 // Its changes are grouped by VNI and reported to h.
@@ -95,26 +104,86 @@ func parseEndpointKey(key string) (uint32, string, error) {
 	return uint32(n), id, nil
 }
 
-// checkEndpoint validates a local endpoint before publishing.
-func checkEndpoint(ep Endpoint) error {
+// checkEndpoint validates a local endpoint before publishing and returns its
+// names normalised.
+func checkEndpoint(ep Endpoint) ([]string, error) {
 	if err := vxlan.CheckVNI(ep.VNI); err != nil {
-		return err
+		return nil, err
 	}
 	if err := validEndpointID(ep.ID); err != nil {
-		return err
+		return nil, err
 	}
 	if _, ok := unicastIPv4(ep.IP); !ok {
-		return fmt.Errorf("endpoint IP %q must be a unicast IPv4 address", ep.IP)
+		return nil, fmt.Errorf("endpoint IP %q must be a unicast IPv4 address", ep.IP)
 	}
-	return vxlan.CheckMAC(ep.MAC)
+	if err := vxlan.CheckMAC(ep.MAC); err != nil {
+		return nil, err
+	}
+	names, err := dnsname.Normalize(ep.Names)
+	if err != nil {
+		return nil, err
+	}
+	if n := namesLen(names); n > MaxNamesLen {
+		return nil, fmt.Errorf("the endpoint's %d DNS names take %d bytes, at most %d fit its gossip record: drop some aliases", len(names), n, MaxNamesLen)
+	}
+	return names, nil
+}
+
+func namesLen(names []string) int {
+	n := 0
+	for _, s := range names {
+		n += len(s)
+	}
+	return n
 }
 
 func encodeEndpointValue(ep Endpoint) []byte {
-	b := make([]byte, 0, epFixedLen+binary.MaxVarintLen64)
+	b := make([]byte, 0, epFixedLen+2*binary.MaxVarintLen64+len(ep.Names)+namesLen(ep.Names))
 	b = append(b, ep.IP.To4()...)
 	b = append(b, ep.MAC...)
 	b = append(b, ep.VTEP.To4()...)
-	return binary.AppendUvarint(b, ep.Created)
+	b = binary.AppendUvarint(b, ep.Created)
+	b = binary.AppendUvarint(b, uint64(len(ep.Names)))
+	for _, s := range ep.Names {
+		b = appendString(b, s)
+	}
+	return b
+}
+
+// decodeNames reads the names of an endpoint value and checks that they
+// are within bounds and in the normalised form a publisher sends, so that
+// every node holds the same list.
+func decodeNames(r *reader) ([]string, error) {
+	n := r.count(2)
+	if r.err != nil {
+		return nil, r.err
+	}
+	if n > dnsname.MaxNames {
+		return nil, fmt.Errorf("%d DNS names, at most %d", n, dnsname.MaxNames)
+	}
+	if n == 0 {
+		return nil, nil
+	}
+	names := make([]string, 0, n)
+	total := 0
+	for range n {
+		s := r.str(dnsname.MaxLen, "DNS name")
+		if r.err != nil {
+			return nil, r.err
+		}
+		if total += len(s); total > MaxNamesLen {
+			return nil, fmt.Errorf("DNS names exceed %d bytes", MaxNamesLen)
+		}
+		names = append(names, s)
+	}
+	norm, err := dnsname.Normalize(names)
+	if err != nil {
+		return nil, err
+	}
+	if !slices.Equal(norm, names) {
+		return nil, fmt.Errorf("DNS names %q are not normalised", names)
+	}
+	return names, nil
 }
 
 // decodeEndpoint turns a live endpoint record into an Endpoint, validating
@@ -140,6 +209,9 @@ func decodeEndpoint(owner string, w wireRecord) (Endpoint, error) {
 	if rest := w.Value[epFixedLen:]; len(rest) > 0 {
 		r := reader{b: rest}
 		ep.Created = r.uvarint()
+		if ep.Names, err = decodeNames(&r); err != nil {
+			return Endpoint{}, fmt.Errorf("endpoint value: %w", err)
+		}
 		if err := r.done(); err != nil {
 			return Endpoint{}, fmt.Errorf("endpoint value: %w", err)
 		}
@@ -163,6 +235,7 @@ func copyEndpoint(ep Endpoint) Endpoint {
 	ep.IP = append(net.IP(nil), ep.IP...)
 	ep.MAC = append(net.HardwareAddr(nil), ep.MAC...)
 	ep.VTEP = append(net.IP(nil), ep.VTEP...)
+	ep.Names = slices.Clone(ep.Names)
 	return ep
 }
 

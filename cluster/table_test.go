@@ -1,9 +1,14 @@
 package cluster
 
 import (
+	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"testing"
 	"time"
+
+	"github.com/vxovl/vxovl/internal/dnsname"
 )
 
 func epItem(t *testing.T, owner string, vni uint32, id, ip string, mac byte, v uint64) item {
@@ -216,6 +221,7 @@ func TestPrepareRejectsMalformed(t *testing.T) {
 	kinds := newTestCluster("self").kinds
 	good := Endpoint{VNI: 7, ID: "e", IP: net.IPv4(10, 0, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, VTEP: net.IPv4(127, 0, 0, 1), Created: 1}
 	val := func(ep Endpoint) []byte { return encodeEndpointValue(ep) }
+	named := func(names ...string) []byte { e := good; e.Names = names; return val(e) }
 	bad := []wireRecord{
 		{Kind: kindEndpoint, Key: "0/e", Version: 1, Value: val(good)},
 		{Kind: kindEndpoint, Key: "16777216/e", Version: 1, Value: val(good)},
@@ -233,6 +239,18 @@ func TestPrepareRejectsMalformed(t *testing.T) {
 		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: func() []byte { e := good; e.Created = 6; return val(e) }()}, // created after its publish
 		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: func() []byte { e := good; e.Created = 0; return val(e) }()},
 		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: append(val(good), 0)}, // trailing byte
+		// Names must be valid, normalised and within bounds.
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: named("Web")},
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: named("web", "db")},
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: named("db", "db")},
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: named("a b")},
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: named("-db")},
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: named("", "db")},
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: named("db.")},
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: named(strings.Repeat("a.", 127))}, // 254 characters
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: named(manyNames(dnsname.MaxNames+1, 3)...)},
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: named(manyNames(dnsname.MaxNames, MaxNamesLen/dnsname.MaxNames+1)...)},
+		{Kind: kindEndpoint, Key: "7/e", Version: 5, Value: func() []byte { v := named("db", "web"); return v[:len(v)-1] }()},
 	}
 	for i, w := range bad {
 		if _, err := prepare(kinds, "a", w); err == nil {
@@ -241,6 +259,11 @@ func TestPrepareRejectsMalformed(t *testing.T) {
 	}
 	if _, err := prepare(kinds, "a", wireRecord{Kind: kindEndpoint, Key: "7/e", Version: 1, Value: val(good)}); err != nil {
 		t.Fatalf("good endpoint rejected: %v", err)
+	}
+	for _, names := range [][]string{{"db", "web"}, manyNames(dnsname.MaxNames, MaxNamesLen/dnsname.MaxNames), {strings.Repeat("a.", 126) + "a"}} {
+		if _, err := prepare(kinds, "a", wireRecord{Kind: kindEndpoint, Key: "7/e", Version: 1, Value: named(names...)}); err != nil {
+			t.Fatalf("good names %q rejected: %v", names, err)
+		}
 	}
 	if _, err := prepare(kinds, "bad name", wireRecord{Kind: "x", Key: "k", Version: 1}); err == nil {
 		t.Fatal("owner with space accepted")
@@ -325,5 +348,69 @@ func TestEndpointValueCompat(t *testing.T) {
 	got, err = decodeEndpoint("a", wireRecord{Kind: kindEndpoint, Key: endpointKey(7, "e"), Version: 42, Value: encodeEndpointValue(ep)})
 	if err != nil || got.Created != 40 {
 		t.Fatalf("decoded %+v, %v; want Created 40", got, err)
+	}
+}
+
+// manyNames returns n sorted, distinct names of length size (at least 2).
+func manyNames(n, size int) []string {
+	var out []string
+	for i := range n {
+		out = append(out, fmt.Sprintf("%02d", i)+strings.Repeat("n", size-2))
+	}
+	return out
+}
+
+// Names are part of the endpoint record: they change only with a newer
+// version, so a late or reordered copy never brings a removed name back.
+func TestNamesFollowVersions(t *testing.T) {
+	named := func(v uint64, names ...string) item {
+		it := epItem(t, "a", 7, "e", "10.0.0.2", 1, v)
+		ep := *it.val.(*Endpoint)
+		ep.Names = names
+		it.w.Value = encodeEndpointValue(ep)
+		it, err := prepare(newTestCluster("self").kinds, "a", it.w)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return it
+	}
+	names := func(tb testTable) []string {
+		eps := tb.eps.endpoints(7)
+		if len(eps) != 1 {
+			return nil
+		}
+		return eps[0].Names
+	}
+	tb := newTestTable("a")
+	tb.put("a", named(10, "db", "web"), srcRelay, nil)
+	tb.put("a", named(12, "db"), srcRelay, nil)
+	tb.put("a", named(11, "db", "old", "web"), srcRelay, nil) // late
+	if got := names(tb); !slices.Equal(got, []string{"db"}) {
+		t.Fatalf("names after a late copy: %v, want [db]", got)
+	}
+	tb.put("a", epDel(7, "e", 13), srcRelay, nil)
+	tb.put("a", named(12, "db"), srcRelay, nil)
+	if got := tb.eps.endpoints(7); len(got) != 0 {
+		t.Fatalf("a late copy resurrected the withdrawn endpoint: %v", ids(got))
+	}
+}
+
+// PublishEndpoint normalises names and refuses bad ones without publishing.
+func TestPublishEndpointNames(t *testing.T) {
+	c := newTestCluster("self")
+	ep := testEP(7, "e", 2)
+	ep.Names = []string{"Web.", "db", "db", " "}
+	pub, err := c.PublishEndpoint(ep)
+	if err != nil || !slices.Equal(pub.Names, []string{"db", "web"}) {
+		t.Fatalf("published names %q, %v; want [db web]", pub.Names, err)
+	}
+	for _, bad := range [][]string{{"a b"}, {"-x"}, manyNames(dnsname.MaxNames+1, 3), manyNames(dnsname.MaxNames, MaxNamesLen/dnsname.MaxNames+1)} {
+		ep.Names = bad
+		if _, err := c.PublishEndpoint(ep); err == nil {
+			t.Fatalf("names %q accepted", bad)
+		}
+	}
+	if recs := c.Records(kindEndpoint); len(recs) != 1 || recs[0].Version != pub.Version {
+		t.Fatalf("a refused publish changed the record: %+v", recs)
 	}
 }

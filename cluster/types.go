@@ -25,6 +25,11 @@ type Endpoint struct {
 	// record a new Version but keeps Created, so that the endpoint keeps its
 	// place against other claims on the same IP.
 	Created uint64
+	// Names are the container's DNS names on this network, normalised
+	// (dnsname.Normalize: lower case, sorted, no duplicates). They are part
+	// of the record: they change only when the owner republishes the
+	// endpoint, and an older copy never brings back a removed name.
+	Names []string
 }
 
 // NewerThan orders two claims on one IP (or one MAC): the later claim, by
