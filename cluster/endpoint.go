@@ -242,9 +242,11 @@ func copyEndpoint(ep Endpoint) Endpoint {
 // endpointIndex holds the live endpoints by VNI and by (VNI, IP), for
 // Endpoints and for noticing two owners claiming one IP.
 type endpointIndex struct {
-	self      string
-	byVNI     map[uint32]map[epRef]*Endpoint
-	byIP      map[vniIP]map[epRef]struct{}
+	self  string
+	byVNI map[uint32]map[epRef]*Endpoint
+	// byIP holds one claim per IP but while two owners claim one; a slice,
+	// not a map, because a small map per IP costs hundreds of bytes.
+	byIP      map[vniIP][]epRef
 	conflicts uint64
 	// onConflict, if set, is told about each new claim on an IP that
 	// another live endpoint holds.
@@ -259,7 +261,7 @@ type vniIP struct {
 }
 
 func newEndpointIndex(self string) *endpointIndex {
-	return &endpointIndex{self: self, byVNI: map[uint32]map[epRef]*Endpoint{}, byIP: map[vniIP]map[epRef]struct{}{}}
+	return &endpointIndex{self: self, byVNI: map[uint32]map[epRef]*Endpoint{}, byIP: map[vniIP][]epRef{}}
 }
 
 func (x *endpointIndex) add(owner, _ string, val any) {
@@ -273,23 +275,18 @@ func (x *endpointIndex) add(owner, _ string, val any) {
 	m[ref] = ep
 	ik := vniIP{ep.VNI, [4]byte(ep.IP.To4())}
 	others := x.byIP[ik]
-	if others == nil {
-		others = map[epRef]struct{}{}
-		x.byIP[ik] = others
-	}
-	for r := range others {
+	if len(others) > 0 {
 		x.conflicts++
 		if x.onConflict != nil {
-			other := x.byVNI[ep.VNI][r]
+			other := x.byVNI[ep.VNI][others[0]]
 			if other.NewerThan(ep) {
 				x.onConflict(*other, *ep)
 			} else {
 				x.onConflict(*ep, *other)
 			}
 		}
-		break
 	}
-	others[ref] = struct{}{}
+	x.byIP[ik] = append(others, ref)
 }
 
 func (x *endpointIndex) remove(owner, _ string, val any) {
@@ -302,11 +299,14 @@ func (x *endpointIndex) remove(owner, _ string, val any) {
 		}
 	}
 	ik := vniIP{ep.VNI, [4]byte(ep.IP.To4())}
-	if m := x.byIP[ik]; m != nil {
-		delete(m, ref)
-		if len(m) == 0 {
-			delete(x.byIP, ik)
-		}
+	refs := x.byIP[ik]
+	if i := slices.Index(refs, ref); i >= 0 {
+		refs = slices.Delete(refs, i, i+1)
+	}
+	if len(refs) == 0 {
+		delete(x.byIP, ik)
+	} else {
+		x.byIP[ik] = refs
 	}
 }
 
