@@ -380,7 +380,8 @@ func (c *Cluster) sendAll(msg []byte) {
 }
 
 // Endpoints returns the remote endpoints of a VNI: owners alive, never
-// tombstoned, one per IP (newest version wins), sorted by IP, node, ID.
+// tombstoned, one per IP (the newest claim wins, see NewerThan), sorted by
+// IP, node, ID. None is returned for an IP whose winning claim is ours.
 func (c *Cluster) Endpoints(vni uint32) []Endpoint {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -264,7 +264,7 @@ func newEndpointIndex(self string) *endpointIndex {
 	return &endpointIndex{self: self, byVNI: map[uint32]map[epRef]*Endpoint{}, byIP: map[vniIP][]epRef{}}
 }
 
-func (x *endpointIndex) add(owner, _ string, val any) {
+func (x *endpointIndex) add(owner string, val any) {
 	ep := val.(*Endpoint)
 	ref := epRef{owner, ep.ID}
 	m := x.byVNI[ep.VNI]
@@ -289,7 +289,7 @@ func (x *endpointIndex) add(owner, _ string, val any) {
 	x.byIP[ik] = append(others, ref)
 }
 
-func (x *endpointIndex) remove(owner, _ string, val any) {
+func (x *endpointIndex) remove(owner string, val any) {
 	ep := val.(*Endpoint)
 	ref := epRef{owner, ep.ID}
 	if m := x.byVNI[ep.VNI]; m != nil {

@@ -39,8 +39,8 @@ type kind struct {
 // typed reads and for checks across owners (two endpoints on one IP). The
 // table calls it under the cluster lock.
 type index interface {
-	add(owner, key string, val any)
-	remove(owner, key string, val any)
+	add(owner string, val any)
+	remove(owner string, val any)
 }
 
 func (k *kind) scopeOf(key string) string {

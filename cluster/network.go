@@ -102,7 +102,7 @@ func newNetworkIndex(self string) *networkIndex {
 	return &networkIndex{self: self, byVNI: map[uint32]map[string]*Network{}}
 }
 
-func (x *networkIndex) add(owner, _ string, val any) {
+func (x *networkIndex) add(owner string, val any) {
 	nw := val.(*Network)
 	m := x.byVNI[nw.VNI]
 	if m == nil {
@@ -128,7 +128,7 @@ func (x *networkIndex) conflict(ours, theirs Network) {
 	}
 }
 
-func (x *networkIndex) remove(owner, _ string, val any) {
+func (x *networkIndex) remove(owner string, val any) {
 	nw := val.(*Network)
 	if m := x.byVNI[nw.VNI]; m != nil {
 		delete(m, owner)

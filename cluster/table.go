@@ -123,7 +123,7 @@ func (t *table) index(owner string, k recKey, e *entry) {
 		return
 	}
 	if kd := t.kinds.get(k.kind); kd != nil && kd.index != nil {
-		kd.index.add(owner, k.key, e.val)
+		kd.index.add(owner, e.val)
 	}
 }
 
@@ -132,7 +132,7 @@ func (t *table) unindex(owner string, k recKey, e *entry) {
 		return
 	}
 	if kd := t.kinds.get(k.kind); kd != nil && kd.index != nil {
-		kd.index.remove(owner, k.key, e.val)
+		kd.index.remove(owner, e.val)
 	}
 }
 

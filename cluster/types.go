@@ -84,8 +84,10 @@ type Record struct {
 // KindOptions configures a record kind registered with RegisterKind.
 // Every field is optional.
 type KindOptions struct {
-	// Validate checks the key and value of every received live record of
-	// this kind before it is stored; a non-nil error drops (and counts) it.
+	// Validate checks the key and value of every live record of this kind,
+	// received (a non-nil error drops it and counts it as malformed) or put
+	// by this node (PutRecord fails). Records held before the kind was
+	// registered are checked by RegisterKind.
 	Validate func(key string, value []byte) error
 	// Changed is called, coalesced, from the notifier goroutine (the same
 	// one that calls Handler) when Records(kind) may have changed.
