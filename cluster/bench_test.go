@@ -3,6 +3,7 @@ package cluster
 import (
 	"fmt"
 	"net"
+	"runtime"
 	"sort"
 	"sync"
 	"testing"
@@ -87,7 +88,7 @@ func BenchmarkPropagation(b *testing.B) {
 					src := s % n
 					start := time.Now()
 					ep := Endpoint{VNI: vni, ID: "bench", IP: net.IPv4(10, 1, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 2}}
-					if err := nodes[src].PublishEndpoint(ep); err != nil {
+					if _, err := nodes[src].PublishEndpoint(ep); err != nil {
 						b.Fatal(err)
 					}
 					var last time.Duration
@@ -138,7 +139,7 @@ func BenchmarkJoinLearn(b *testing.B) {
 				ip := net.IPv4(10, byte(i), byte(j>>8), byte(j&0xff)+1)
 				id := fmt.Sprintf("%064x", i*per+j)
 				ep := Endpoint{VNI: uint32(1 + j%vnis), ID: id, IP: ip, MAC: net.HardwareAddr{2, 0, 0, byte(i), byte(j >> 8), byte(j)}}
-				if err := c.PublishEndpoint(ep); err != nil {
+				if _, err := c.PublishEndpoint(ep); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -164,5 +165,56 @@ func BenchmarkJoinLearn(b *testing.B) {
 		for _, c := range append(nodes, joiner) {
 			c.Shutdown()
 		}
+	}
+}
+
+// BenchmarkTableMemory measures the heap one node spends on 10,000 remote
+// endpoints (10 owners with 1,000 each over 10 VNIs, 64-character IDs as
+// Docker's), received as full states through the real receive path, without
+// names and with 4 names of 12 characters each.
+//
+//	go test ./cluster -run XXX -bench TableMemory -benchtime 3x
+func BenchmarkTableMemory(b *testing.B) {
+	const owners, per = 10, 1000
+	for _, names := range []int{0, 4} {
+		b.Run(fmt.Sprintf("names=%d", names), func(b *testing.B) {
+			states := make([][]byte, owners)
+			for i := range owners {
+				g := ownerRecords{Owner: fmt.Sprintf("n%d", i)}
+				for j := range per {
+					n := i*per + j
+					ep := Endpoint{VNI: uint32(1 + j%10), ID: fmt.Sprintf("%064x", n), IP: net.IPv4(10, byte(i), byte(j>>8), byte(j)),
+						MAC: net.HardwareAddr{2, 0, 0, byte(i), byte(j >> 8), byte(j)}, VTEP: net.IPv4(10, 98, 0, byte(i+1)), Created: uint64(n + 1)}
+					for k := range names {
+						ep.Names = append(ep.Names, fmt.Sprintf("c%d-%05d-app", k, n)) // 12 characters
+					}
+					g.Recs = append(g.Recs, wireRecord{Kind: kindEndpoint, Key: endpointKey(ep.VNI, ep.ID), Version: uint64(n + 1), Value: encodeEndpointValue(ep)})
+				}
+				states[i] = encodeState(stateMsg{Sender: g.Owner, Clock: 1 << 40, Owners: []ownerRecords{g}})
+			}
+			var perEP float64
+			for range b.N {
+				var before, after runtime.MemStats
+				runtime.GC()
+				runtime.ReadMemStats(&before)
+				c := newTestCluster("self")
+				for i := range owners {
+					c.t.setAlive(fmt.Sprintf("n%d", i), true, nil)
+				}
+				for _, st := range states {
+					c.handleState(st[1:])
+				}
+				runtime.GC()
+				runtime.ReadMemStats(&after)
+				if live, _ := c.t.count(); live != owners*per || c.Stats().RecordsMalformed != 0 {
+					b.Fatalf("table holds %d records (%d malformed), want %d", live, c.Stats().RecordsMalformed, owners*per)
+				}
+				perEP = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / (owners * per)
+				runtime.KeepAlive(c)
+			}
+			b.ReportMetric(perEP, "B/endpoint")
+			b.ReportMetric(perEP*owners*per/(1<<20), "MiB/10k")
+			b.ReportMetric(float64(len(states[0]))/per, "wire-B/endpoint")
+		})
 	}
 }

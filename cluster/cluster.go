@@ -11,9 +11,11 @@ package cluster
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"log"
 	"log/slog"
+	"maps"
 	"net"
 	"slices"
 	"sort"
@@ -30,19 +32,19 @@ import (
 type Cluster struct {
 	cfg  Config
 	log  *slog.Logger
-	h    Handler
 	ml   *memberlist.Memberlist
 	q    *memberlist.TransmitLimitedQueue
 	self string
 
-	mu    sync.Mutex // guards t, clock and heard
+	kinds *registry
+
+	mu    sync.Mutex // guards t, eps, nets, clock and heard
 	t     *table
+	eps   *endpointIndex
+	nets  *networkIndex
 	clock uint64
 	// heard holds the nodes whose own full state was applied since start.
 	heard map[string]struct{}
-
-	kindsMu sync.RWMutex
-	kinds   map[string]KindOptions
 
 	notify *notifier
 	direct chan directMsg
@@ -71,38 +73,7 @@ func New(cfg Config, h Handler) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{
-		cfg:    cfg,
-		log:    cfg.Logger.With("node", cfg.NodeName),
-		h:      h,
-		self:   cfg.NodeName,
-		t:      newTable(cfg.NodeName, cfg.TombstoneTTL),
-		heard:  map[string]struct{}{},
-		clock:  cfg.MinVersion,
-		kinds:  map[string]KindOptions{},
-		notify: newNotifier(),
-		direct: make(chan directMsg, 1024),
-		hello:  newHelloQueue(),
-		stop:   make(chan struct{}),
-		members: map[string]Member{cfg.NodeName: {
-			Name: cfg.NodeName, Addr: cfg.AdvertiseAddr, Port: cfg.BindPort, State: "alive"}},
-	}
-	c.alive.Store(1)
-	c.t.onIPConflict = func(newer, older Endpoint) {
-		c.log.Info("two endpoints claim one IP; the newer claim wins",
-			"vni", newer.VNI, "ip", newer.IP, "winner_node", newer.Node, "winner_id", newer.ID,
-			"loser_node", older.Node, "loser_id", older.ID)
-	}
-	c.t.onNetConflict = func(ours, theirs Network) {
-		c.log.Error("remote node defines this VNI differently; the overlay will not work between us until the definitions agree",
-			"vni", ours.VNI, "our_subnet", ours.Subnet, "our_mtu", ours.MTU,
-			"node", theirs.Node, "their_subnet", theirs.Subnet, "their_mtu", theirs.MTU)
-	}
-	c.q = &memberlist.TransmitLimitedQueue{
-		NumNodes:       func() int { return int(c.alive.Load()) },
-		RetransmitMult: 4,
-	}
-
+	c := newCluster(cfg, h)
 	mc := cfg.memberlistConfig()
 	mc.Delegate = (*delegate)(c)
 	mc.Events = (*events)(c)
@@ -129,6 +100,47 @@ func New(cfg Config, h Handler) (*Cluster, error) {
 	return c, nil
 }
 
+// newCluster builds a Cluster without starting memberlist or any loop: the
+// record table with its built-in kinds, and the queues.
+func newCluster(cfg Config, h Handler) *Cluster {
+	c := &Cluster{
+		cfg:    cfg,
+		log:    cfg.Logger.With("node", cfg.NodeName),
+		self:   cfg.NodeName,
+		kinds:  newRegistry(),
+		eps:    newEndpointIndex(cfg.NodeName),
+		nets:   newNetworkIndex(cfg.NodeName),
+		heard:  map[string]struct{}{},
+		clock:  cfg.MinVersion,
+		notify: newNotifier(),
+		direct: make(chan directMsg, 1024),
+		hello:  newHelloQueue(),
+		stop:   make(chan struct{}),
+		members: map[string]Member{cfg.NodeName: {
+			Name: cfg.NodeName, Addr: cfg.AdvertiseAddr, Port: cfg.BindPort}},
+	}
+	c.t = newTable(cfg.NodeName, cfg.TombstoneTTL, c.kinds)
+	// Registering into an empty registry cannot fail.
+	_ = c.kinds.set(kindEndpoint, endpointKind(c.eps, h))
+	_ = c.kinds.set(kindNetwork, networkKind(c.nets))
+	c.alive.Store(1)
+	c.eps.onConflict = func(newer, older Endpoint) {
+		c.log.Info("two endpoints claim one IP; the newer claim wins",
+			"vni", newer.VNI, "ip", newer.IP, "winner_node", newer.Node, "winner_id", newer.ID,
+			"loser_node", older.Node, "loser_id", older.ID)
+	}
+	c.nets.onConflict = func(ours, theirs Network) {
+		c.log.Error("remote node defines this VNI differently; the overlay will not work between us until the definitions agree",
+			"vni", ours.VNI, "our_subnet", ours.Subnet, "our_mtu", ours.MTU,
+			"node", theirs.Node, "their_subnet", theirs.Subnet, "their_mtu", theirs.MTU)
+	}
+	c.q = &memberlist.TransmitLimitedQueue{
+		NumNodes:       func() int { return int(c.alive.Load()) },
+		RetransmitMult: 4,
+	}
+	return c
+}
+
 // Version returns the highest version this node has issued; persist it and
 // pass it back as Config.MinVersion on restart.
 func (c *Cluster) Version() uint64 {
@@ -147,20 +159,59 @@ func (c *Cluster) nextVersion() uint64 {
 	return v
 }
 
+// maxClockLead bounds how far ahead of the wall clock a version this node
+// learns about may move its clock, so that a corrupt stamp cannot push the
+// clock to the end of its range.
+const maxClockLead = 24 * time.Hour
+
+// raiseClockLocked moves the clock up to v, a version this node issued in an
+// earlier life and learns about again (a persisted claim stamp, a copy of
+// its own record): what it issues from now on must be above it. It refuses
+// (false) a v far ahead of the wall clock. Needs c.mu.
+func (c *Cluster) raiseClockLocked(v uint64) bool {
+	if v > uint64(time.Now().Add(maxClockLead).UnixNano()) {
+		return false
+	}
+	c.clock = max(c.clock, v)
+	return true
+}
+
 // PublishEndpoint publishes (or republishes) a local endpoint with a new
-// version and sends it to every member at once.
-func (c *Cluster) PublishEndpoint(ep Endpoint) error {
-	if err := checkEndpoint(ep); err != nil {
-		return fmt.Errorf("publish endpoint: %w", err)
+// version, sends it to every member at once, and returns it as published
+// (Node, VTEP, Version and Created filled in, Names normalised). Names must
+// pass dnsname.Normalize and take at most MaxNamesLen bytes together.
+//
+// ep.Created is zero for a new endpoint: its claim is stamped with this
+// publish's version. To republish an endpoint (after a restart, or to change
+// it), pass the Created of its first publish, which the caller persists with
+// the endpoint: the claim then keeps its age, and a restart cannot turn a
+// claim that lost a duplicate-IP conflict into the winner.
+func (c *Cluster) PublishEndpoint(ep Endpoint) (Endpoint, error) {
+	names, err := checkEndpoint(ep)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("publish endpoint: %w", err)
 	}
 	ep = copyEndpoint(ep)
+	ep.Names = names
 	ep.IP = ep.IP.To4()
-	ep.Node = c.self
 	ep.VTEP = c.cfg.AdvertiseAddr
-	return c.publish(kindEndpoint, endpointKey(ep.VNI, ep.ID), func(v uint64) item {
-		ep.Version = v
-		return item{w: wireRecord{Value: encodeEndpointValue(ep)}, ep: &ep, vni: ep.VNI}
+	c.mu.Lock()
+	ok := c.raiseClockLocked(ep.Created)
+	c.mu.Unlock()
+	if !ok {
+		return Endpoint{}, fmt.Errorf("publish endpoint: claim stamp %d is far in the future (wall clock now %d): pass the Created this node returned",
+			ep.Created, time.Now().UnixNano())
+	}
+	it, err := c.publish(kindEndpoint, endpointKey(ep.VNI, ep.ID), func(v uint64) []byte {
+		if ep.Created == 0 {
+			ep.Created = v
+		}
+		return encodeEndpointValue(ep)
 	}, nil)
+	if err != nil {
+		return Endpoint{}, fmt.Errorf("publish endpoint: %w", err)
+	}
+	return copyEndpoint(*it.val.(*Endpoint)), nil
 }
 
 // WithdrawEndpoint replaces a local endpoint by a tombstone and sends it at
@@ -172,9 +223,10 @@ func (c *Cluster) WithdrawEndpoint(vni uint32, id string) error {
 	if err := validEndpointID(id); err != nil {
 		return fmt.Errorf("withdraw endpoint: %w", err)
 	}
-	return c.publish(kindEndpoint, endpointKey(vni, id), func(uint64) item {
-		return item{w: wireRecord{Deleted: true}, vni: vni}
-	}, nil)
+	if _, err := c.publish(kindEndpoint, endpointKey(vni, id), nil, nil); err != nil {
+		return fmt.Errorf("withdraw endpoint: %w", err)
+	}
+	return nil
 }
 
 // PublishNetwork publishes this node's definition of an overlay. It fails
@@ -185,11 +237,8 @@ func (c *Cluster) PublishNetwork(n Network) error {
 	if err != nil {
 		return fmt.Errorf("publish network: %w", err)
 	}
-	n.Node = c.self
-	return c.publish(kindNetwork, networkKey(n.VNI), func(uint64) item {
-		return item{w: wireRecord{Value: encodeNetworkValue(n)}, nw: &n}
-	}, func() error {
-		for _, o := range c.t.remoteNetworks(n.VNI) {
+	_, err = c.publish(kindNetwork, networkKey(n.VNI), func(uint64) []byte { return encodeNetworkValue(n) }, func() error {
+		for _, o := range c.nets.remote(n.VNI) {
 			if !sameNetwork(o, n) {
 				return fmt.Errorf("VNI %d: node %q defines subnet %s MTU %d, this node wants subnet %s MTU %d; "+
 					"use the same subnet and MTU on every host or pick another VNI: %w",
@@ -198,6 +247,10 @@ func (c *Cluster) PublishNetwork(n Network) error {
 		}
 		return nil
 	})
+	if err != nil && !errors.Is(err, ErrConflict) {
+		err = fmt.Errorf("publish network: %w", err)
+	}
+	return err
 }
 
 // WithdrawNetwork removes this node's definition of an overlay.
@@ -205,68 +258,117 @@ func (c *Cluster) WithdrawNetwork(vni uint32) error {
 	if err := vxlan.CheckVNI(vni); err != nil {
 		return fmt.Errorf("withdraw network: %w", err)
 	}
-	return c.publish(kindNetwork, networkKey(vni), func(uint64) item {
-		return item{w: wireRecord{Deleted: true}}
-	}, nil)
+	if _, err := c.publish(kindNetwork, networkKey(vni), nil, nil); err != nil {
+		return fmt.Errorf("withdraw network: %w", err)
+	}
+	return nil
 }
 
-// PutRecord publishes a generic record owned by this node. Kinds "ep" and
-// "net" are reserved; values are at most MaxValueLen bytes (records travel
-// in single UDP packets).
+// PutRecord publishes a record of a registered or unregistered kind owned
+// by this node. The built-in kinds "ep" and "net" go through their typed
+// calls; values are at most MaxValueLen bytes (records travel in single UDP
+// packets) and pass the kind's Validate.
 func (c *Cluster) PutRecord(kind, key string, value []byte) error {
-	w := wireRecord{Kind: kind, Key: key, Version: 1, Value: append([]byte(nil), value...)}
-	if err := c.checkGeneric(w); err != nil {
+	if err := c.checkGeneric(kind); err != nil {
 		return fmt.Errorf("put record: %w", err)
 	}
-	if len(value) > MaxValueLen {
-		return fmt.Errorf("put record: value is %d bytes, limit %d", len(value), MaxValueLen)
+	value = append([]byte(nil), value...)
+	if _, err := c.publish(kind, key, func(uint64) []byte { return value }, nil); err != nil {
+		return fmt.Errorf("put record %s/%s: %w", kind, key, err)
 	}
-	if opts, ok := c.kindOptions(kind); ok && opts.Validate != nil {
-		if err := opts.Validate(key, value); err != nil {
-			return fmt.Errorf("put record %s/%s: %w", kind, key, err)
-		}
-	}
-	return c.publish(kind, key, func(uint64) item { return item{w: w} }, nil)
+	return nil
 }
 
-// DeleteRecord replaces a generic record of this node by a tombstone.
+// DeleteRecord replaces a record of this node by a tombstone.
 func (c *Cluster) DeleteRecord(kind, key string) error {
-	w := wireRecord{Kind: kind, Key: key, Version: 1, Deleted: true}
-	if err := c.checkGeneric(w); err != nil {
+	if err := c.checkGeneric(kind); err != nil {
 		return fmt.Errorf("delete record: %w", err)
 	}
-	return c.publish(kind, key, func(uint64) item { return item{w: w} }, nil)
-}
-
-func (c *Cluster) checkGeneric(w wireRecord) error {
-	if w.Kind == kindEndpoint || w.Kind == kindNetwork {
-		return fmt.Errorf("kind %q is reserved", w.Kind)
+	if _, err := c.publish(kind, key, nil, nil); err != nil {
+		return fmt.Errorf("delete record %s/%s: %w", kind, key, err)
 	}
-	return validRecord(c.self, w)
+	return nil
 }
 
-// publish versions, stores and queues a local record under the lock (so the
-// gossip queue never holds an older version than the table), then sends it
-// to every member.
-func (c *Cluster) publish(kind, key string, build func(v uint64) item, check func() error) error {
+func (c *Cluster) checkGeneric(kind string) error {
+	if k := c.kinds.get(kind); k != nil && k.builtin {
+		return fmt.Errorf("kind %q is built in: use its own calls", kind)
+	}
+	return nil
+}
+
+// publish versions, checks, stores and queues a record of this node under
+// the lock (so the gossip queue never holds an older version than the
+// table), then sends it to every member. A nil value makes a tombstone.
+// The record passes the same checks (prepare) as one received from a peer,
+// so nothing is published that peers would drop. check, if set, runs first
+// under the lock and can refuse.
+func (c *Cluster) publish(kind, key string, value func(version uint64) []byte, check func() error) (item, error) {
 	c.mu.Lock()
 	if check != nil {
 		if err := check(); err != nil {
 			c.mu.Unlock()
-			return err
+			return item{}, err
 		}
 	}
-	v := c.nextVersion()
-	it := build(v)
-	it.w.Kind, it.w.Key, it.w.Version = kind, key, v
+	w := wireRecord{Kind: kind, Key: key, Version: c.nextVersion(), Deleted: value == nil}
+	if value != nil {
+		w.Value = value(w.Version)
+	}
+	it, err := prepare(c.kinds, c.self, w)
+	if err != nil {
+		c.mu.Unlock()
+		return item{}, err
+	}
 	var ch changes
-	c.t.put(c.self, it, srcLocal, &ch)
-	msg := encodeRecord(c.self, it.w)
-	c.q.QueueBroadcast(&broadcast{name: kind + "\x00" + key, msg: msg})
+	msg := c.storeOwnLocked(it, &ch)
 	c.mu.Unlock()
 	c.notify.add(ch)
 	c.sendAll(msg)
-	return nil
+	return it, nil
+}
+
+// storeOwnLocked stores a record of this node and queues it for gossip; the
+// caller sends the returned message to every member once it has unlocked.
+// Needs c.mu.
+func (c *Cluster) storeOwnLocked(it item, ch *changes) []byte {
+	c.t.put(c.self, it, srcLocal, ch)
+	msg := encodeRecord(c.self, it.w)
+	c.q.QueueBroadcast(&broadcast{name: it.w.Kind + "\x00" + it.w.Key, msg: msg})
+	return msg
+}
+
+// ownCopiesLocked handles copies of this node's records that came back from
+// the network (push/pull carries everyone's records). Normally they are no
+// newer than what we hold and change nothing. A newer one means this node
+// issued it in an earlier life and its clock went back since (a restart that
+// lost the saved version floor, with the wall clock behind): the clock moves
+// past it, and a record we hold at a lower version is republished above it,
+// so that our current value wins everywhere. One we no longer hold needs
+// nothing: our next full state, whose clock is now above it, expires it.
+// Needs c.mu; returns the messages to send once unlocked.
+func (c *Cluster) ownCopiesLocked(copies []item, ch *changes) (resend [][]byte) {
+	for _, cp := range copies {
+		c.t.st.deadOwner++
+		if !c.raiseClockLocked(cp.w.Version) {
+			c.log.Warn("ignoring a copy of our own record stamped far in the future", "kind", cp.w.Kind, "key", cp.w.Key, "version", cp.w.Version)
+			continue
+		}
+		k := recKey{cp.w.Kind, cp.w.Key}
+		e := c.t.ownEntry(k)
+		if e == nil || e.version >= cp.w.Version {
+			continue
+		}
+		w := wireRecord{Kind: k.kind, Key: k.key, Version: c.nextVersion(), Deleted: e.deleted, Value: e.value}
+		it, err := prepare(c.kinds, c.self, w)
+		if err != nil {
+			continue // cannot happen: the same record passed when we published it
+		}
+		c.log.Warn("the network holds a newer version of one of our records, issued before our clock went back; republishing ours above it",
+			"kind", k.kind, "key", k.key, "ours", e.version, "theirs", cp.w.Version)
+		resend = append(resend, c.storeOwnLocked(it, ch))
+	}
+	return resend
 }
 
 func (c *Cluster) sendAll(msg []byte) {
@@ -278,11 +380,12 @@ func (c *Cluster) sendAll(msg []byte) {
 }
 
 // Endpoints returns the remote endpoints of a VNI: owners alive, never
-// tombstoned, one per IP (newest version wins), sorted by IP, node, ID.
+// tombstoned, one per IP (the newest claim wins, see NewerThan), sorted by
+// IP, node, ID. None is returned for an IP whose winning claim is ours.
 func (c *Cluster) Endpoints(vni uint32) []Endpoint {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.t.endpoints(vni)
+	return c.eps.endpoints(vni)
 }
 
 // Networks returns all live network definitions, ours included, sorted by
@@ -290,7 +393,7 @@ func (c *Cluster) Endpoints(vni uint32) []Endpoint {
 func (c *Cluster) Networks() []Network {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	return c.t.networks()
+	return c.nets.networks()
 }
 
 // Records returns the live records of one kind from all alive owners, ours
@@ -302,45 +405,26 @@ func (c *Cluster) Records(kind string) []Record {
 }
 
 // RegisterKind sets the validator, change callback and message receiver for
-// a generic record kind. Held records of the kind that fail the new
-// validator are dropped.
+// a record kind (not a built-in one). Held records of the kind that fail the
+// new validator are dropped and counted as malformed.
 func (c *Cluster) RegisterKind(kind string, opts KindOptions) error {
 	if err := validKind(kind); err != nil {
 		return fmt.Errorf("register kind: %w", err)
 	}
-	if kind == kindEndpoint || kind == kindNetwork {
-		return fmt.Errorf("register kind: %q is reserved", kind)
+	k := genericKind(kind, opts)
+	if err := c.kinds.set(kind, k); err != nil {
+		return fmt.Errorf("register kind: %w", err)
 	}
-	c.kindsMu.Lock()
-	c.kinds[kind] = opts
-	c.kindsMu.Unlock()
-	if opts.Validate == nil {
+	if k.decode == nil {
 		return nil
 	}
-	c.mu.Lock()
 	var ch changes
-	for name, o := range c.t.owners {
-		if name == c.self {
-			continue
-		}
-		for k, e := range o.recs {
-			if k.kind == kind && !e.deleted && opts.Validate(k.key, e.value) != nil {
-				delete(o.recs, k)
-				c.malformedRecs.Add(1)
-				ch.add(kind, 0)
-			}
-		}
-	}
+	c.mu.Lock()
+	n := c.t.revalidate(kind, func(owner string, w wireRecord) error { _, err := k.decode(owner, w); return err }, &ch)
 	c.mu.Unlock()
+	c.malformedRecs.Add(uint64(n))
 	c.notify.add(ch)
 	return nil
-}
-
-func (c *Cluster) kindOptions(kind string) (KindOptions, bool) {
-	c.kindsMu.RLock()
-	defer c.kindsMu.RUnlock()
-	o, ok := c.kinds[kind]
-	return o, ok
 }
 
 // SendTo sends a direct message to one live node over the reliable (TCP,
@@ -393,11 +477,12 @@ func (c *Cluster) setMember(n *memberlist.Node, present bool) {
 		delete(c.members, n.Name)
 		return
 	}
-	c.members[n.Name] = Member{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: int(n.Port), State: stateName(n.State)}
+	c.members[n.Name] = Member{Name: n.Name, Addr: append(net.IP(nil), n.Addr...), Port: int(n.Port)}
 }
 
-// Members lists the live nodes (alive or suspect), this one included,
-// sorted by name.
+// Members lists the live nodes, this one included, sorted by name: from
+// their join until memberlist declares them dead or they leave (a node under
+// suspicion is still listed).
 func (c *Cluster) Members() []Member {
 	c.membersMu.Lock()
 	defer c.membersMu.Unlock()
@@ -446,23 +531,14 @@ func (c *Cluster) Stats() Stats {
 		SnapshotsApplied:  ts.snapshots,
 		RecordsExpired:    ts.expired,
 		TombstonesGCed:    ts.tombstonesGCed,
-		IPConflicts:       ts.ipConflicts,
-		NetworkConflicts:  ts.netConflicts,
+		IPConflicts:       c.eps.conflicts,
+		NetworkConflicts:  c.nets.conflicts,
 		DecryptFailures:   c.decrypts.Load(),
 		DirectSent:        c.directSent.Load(),
 		DirectReceived:    c.directRecv.Load(),
 		DirectDropped:     c.directDropped.Load(),
 		OwnersDropped:     ts.ownersDropped,
 	}
-}
-
-// Leave announces a graceful departure, waiting up to timeout for it to
-// spread; peers then drop our records at once. Call Shutdown afterwards.
-func (c *Cluster) Leave(timeout time.Duration) error {
-	if err := c.ml.Leave(timeout); err != nil {
-		return fmt.Errorf("leave cluster: %w", err)
-	}
-	return nil
 }
 
 // Shutdown stops gossip and the background loops without announcing
@@ -478,15 +554,10 @@ func (c *Cluster) Shutdown() error {
 	return c.shutErr
 }
 
-func (c *Cluster) deliver(vnis []uint32, kinds []string) {
-	if c.h != nil {
-		for _, v := range vnis {
-			c.h.EndpointsChanged(v)
-		}
-	}
-	for _, k := range kinds {
-		if o, ok := c.kindOptions(k); ok && o.Changed != nil {
-			o.Changed(k)
+func (c *Cluster) deliver(ch changes) {
+	for _, name := range slices.Sorted(maps.Keys(ch)) {
+		if k := c.kinds.get(name); k != nil && k.changed != nil {
+			k.changed(slices.Sorted(maps.Keys(ch[name])))
 		}
 	}
 }
@@ -497,8 +568,8 @@ func (c *Cluster) dispatchDirect() {
 		case <-c.stop:
 			return
 		case m := <-c.direct:
-			if o, ok := c.kindOptions(m.Kind); ok && o.Message != nil {
-				o.Message(m.From, m.Payload)
+			if k := c.kinds.get(m.Kind); k != nil && k.message != nil {
+				k.message(m.From, m.Payload)
 			} else {
 				c.directDropped.Add(1)
 			}
@@ -594,47 +665,6 @@ func resolvePeer(hostPort string) []string {
 	return out
 }
 
-// prepare validates a received record and decodes built-in kinds.
-func (c *Cluster) prepare(owner string, w wireRecord) (item, error) {
-	it := item{w: w}
-	if err := validRecord(owner, w); err != nil {
-		return it, err
-	}
-	switch w.Kind {
-	case kindEndpoint:
-		if w.Deleted {
-			vni, _, err := parseEndpointKey(w.Key)
-			it.vni = vni
-			return it, err
-		}
-		ep, err := decodeEndpoint(owner, w)
-		if err != nil {
-			return it, err
-		}
-		it.ep, it.vni = &ep, ep.VNI
-	case kindNetwork:
-		if w.Deleted {
-			_, err := strconv.ParseUint(w.Key, 10, 32)
-			return it, err
-		}
-		n, err := decodeNetwork(owner, w)
-		if err != nil {
-			return it, err
-		}
-		it.nw = &n
-	default:
-		if len(w.Value) > MaxValueLen {
-			return it, fmt.Errorf("value too long")
-		}
-		if o, ok := c.kindOptions(w.Kind); ok && o.Validate != nil && !w.Deleted {
-			if err := o.Validate(w.Key, w.Value); err != nil {
-				return it, err
-			}
-		}
-	}
-	return it, nil
-}
-
 func (c *Cluster) dropMalformed(owner string, w wireRecord, err error) {
 	c.malformedRecs.Add(1)
 	c.log.Warn("dropped malformed record", "owner", owner, "kind", w.Kind, "key", w.Key, "err", err)
@@ -648,16 +678,24 @@ func (c *Cluster) handleRecord(body []byte) {
 		return
 	}
 	c.received.Add(1)
-	it, err := c.prepare(owner, w)
+	it, err := prepare(c.kinds, owner, w)
 	if err != nil {
 		c.dropMalformed(owner, w, err)
 		return
 	}
 	var ch changes
+	var resend [][]byte
 	c.mu.Lock()
-	c.t.put(owner, it, srcRelay, &ch)
+	if owner == c.self {
+		resend = c.ownCopiesLocked([]item{it}, &ch)
+	} else {
+		c.t.put(owner, it, srcRelay, &ch)
+	}
 	c.mu.Unlock()
 	c.notify.add(ch)
+	for _, msg := range resend {
+		c.sendAll(msg)
+	}
 }
 
 func (c *Cluster) handleState(body []byte) {
@@ -677,7 +715,7 @@ func (c *Cluster) handleState(body []byte) {
 		items := make([]item, 0, len(o.Recs))
 		for _, w := range o.Recs {
 			c.received.Add(1)
-			it, err := c.prepare(o.Owner, w)
+			it, err := prepare(c.kinds, o.Owner, w)
 			if err != nil {
 				c.dropMalformed(o.Owner, w, err)
 				continue
@@ -686,12 +724,18 @@ func (c *Cluster) handleState(body []byte) {
 		}
 		groups[o.Owner] = append(groups[o.Owner], items...)
 	}
+	own := groups[c.self]
+	delete(groups, c.self)
 	var ch changes
 	c.mu.Lock()
+	resend := c.ownCopiesLocked(own, &ch)
 	c.t.applyState(m.Sender, m.Clock, groups, &ch)
 	c.heard[m.Sender] = struct{}{}
 	c.mu.Unlock()
 	c.notify.add(ch)
+	for _, msg := range resend {
+		c.sendAll(msg)
+	}
 	if m.Flags&stateHello != 0 {
 		c.hello.add(m.Sender, false)
 	}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
@@ -21,6 +22,7 @@ type nodeOpts struct {
 	port  int
 	fast  bool // short gossip/push-pull intervals for many nodes in one process
 	peers []string
+	minV  uint64 // Config.MinVersion: the version floor a restarted node persisted
 }
 
 type recorder struct {
@@ -59,6 +61,7 @@ func startNode(t testing.TB, name string, o nodeOpts, h Handler) *Cluster {
 		Peers:          o.peers,
 		SecretKey:      o.key,
 		DeadTimeout:    o.dead,
+		MinVersion:     o.minV,
 		RejoinInterval: time.Second,
 		Logger:         discardLogger(),
 		Tune: func(mc *memberlist.Config) {
@@ -121,15 +124,29 @@ func TestPublishWithdrawPropagate(t *testing.T) {
 	poll.True(t, 5*time.Second, "3 members", func() bool { return a.alive.Load() == 3 && b.alive.Load() == 3 && c.alive.Load() == 3 })
 
 	ep := testEP(42, "ep-a", 2)
-	if err := a.PublishEndpoint(ep); err != nil {
+	ep.Names = []string{"web", "web.app"}
+	pub, err := a.PublishEndpoint(ep)
+	if err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []*Cluster{b, c} {
 		poll.True(t, 3*time.Second, n.self+" sees ep-a", func() bool { return hasEP(n, 42, "a", "ep-a") })
 	}
 	got := b.Endpoints(42)[0]
-	if !got.IP.Equal(ep.IP) || got.MAC.String() != ep.MAC.String() || !got.VTEP.Equal(net.IPv4(127, 0, 0, 1)) || got.Version == 0 {
+	if !got.IP.Equal(ep.IP) || got.MAC.String() != ep.MAC.String() || !got.VTEP.Equal(net.IPv4(127, 0, 0, 1)) || got.Version == 0 ||
+		!slices.Equal(got.Names, ep.Names) {
 		t.Fatalf("b sees %+v", got)
+	}
+	// Names change by republishing.
+	ep.Names, ep.Created = []string{"web"}, pub.Created
+	if _, err := a.PublishEndpoint(ep); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range []*Cluster{b, c} {
+		poll.True(t, 3*time.Second, n.self+" sees ep-a's new names", func() bool {
+			eps := n.Endpoints(42)
+			return len(eps) == 1 && slices.Equal(eps[0].Names, []string{"web"}) && eps[0].Created == pub.Created
+		})
 	}
 	if len(a.Endpoints(42)) != 0 {
 		t.Fatal("Endpoints must not return the node's own endpoints")
@@ -140,7 +157,7 @@ func TestPublishWithdrawPropagate(t *testing.T) {
 	if err := a.WithdrawEndpoint(42, "ep-a"); err != nil {
 		t.Fatal(err)
 	}
-	if err := b.PublishEndpoint(testEP(42, "ep-b", 2)); err != nil {
+	if _, err := b.PublishEndpoint(testEP(42, "ep-b", 2)); err != nil {
 		t.Fatal(err)
 	}
 	for _, n := range []*Cluster{a, c} {
@@ -185,14 +202,14 @@ func TestKilledNodeRemovedAndRestored(t *testing.T) {
 	victim := nodes[3]
 	port := victim.cfg.BindPort
 	for i := range 3 {
-		if err := victim.PublishEndpoint(testEP(9, fmt.Sprintf("v%d", i), byte(10+i))); err != nil {
+		if _, err := victim.PublishEndpoint(testEP(9, fmt.Sprintf("v%d", i), byte(10+i))); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, n := range nodes[:3] {
 		poll.True(t, 3*time.Second, "victim's endpoints", func() bool { return len(n.Endpoints(9)) == 3 })
 	}
-	victim.Shutdown() // crash: no Leave
+	victim.Shutdown() // a crash: peers must detect it
 	start := time.Now()
 	for _, n := range nodes[:3] {
 		poll.True(t, dead+time.Second-time.Since(start), n.self+" drops the dead node's endpoints", func() bool { return len(n.Endpoints(9)) == 0 })
@@ -202,7 +219,7 @@ func TestKilledNodeRemovedAndRestored(t *testing.T) {
 	// Restart with the same name and port, having lost one endpoint.
 	back := startNode(t, "n3", nodeOpts{dead: dead, port: port, peers: []string{addr(nodes[0])}}, nil)
 	for i := range 2 {
-		if err := back.PublishEndpoint(testEP(9, fmt.Sprintf("v%d", i), byte(10+i))); err != nil {
+		if _, err := back.PublishEndpoint(testEP(9, fmt.Sprintf("v%d", i), byte(10+i))); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -215,17 +232,121 @@ func TestKilledNodeRemovedAndRestored(t *testing.T) {
 
 // A node that restarts faster than failure detection (others never saw it
 // die) and lost an endpoint: its own full state removes the stale copy.
+// DeadTimeout is far above the waits, and the test checks that no peer
+// declared the node dead, which would drop all its records and pass the
+// test for the wrong reason.
 func TestFastRestartExpiresStaleRecords(t *testing.T) {
-	nodes := startCluster(t, 3, nodeOpts{dead: 5 * time.Second})
+	o := nodeOpts{dead: 30 * time.Second}
+	nodes := startCluster(t, 3, o)
 	v := nodes[2]
-	port := v.cfg.BindPort
-	v.PublishEndpoint(testEP(9, "gone", 20))
-	poll.True(t, 3*time.Second, "n0 sees it", func() bool { return hasEP(nodes[0], 9, "n2", "gone") })
-	v.Shutdown()
-	back := startNode(t, "n2", nodeOpts{dead: 5 * time.Second, port: port, peers: []string{addr(nodes[0])}}, nil)
-	_ = back
+	for i, id := range []string{"gone", "kept"} {
+		if _, err := v.PublishEndpoint(testEP(9, id, byte(20+i))); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, n := range nodes[:2] {
-		poll.True(t, 5*time.Second, n.self+" drops the stale endpoint", func() bool { return !hasEP(n, 9, "n2", "gone") })
+		poll.True(t, 3*time.Second, n.self+" sees both endpoints", func() bool { return hasEP(n, 9, "n2", "gone") && hasEP(n, 9, "n2", "kept") })
+	}
+	v.Shutdown()
+	o.port, o.peers = v.cfg.BindPort, []string{addr(nodes[0])}
+	back := startNode(t, "n2", o, nil)
+	if _, err := back.PublishEndpoint(testEP(9, "kept", 21)); err != nil {
+		t.Fatal(err)
+	}
+	for _, n := range nodes[:2] {
+		poll.True(t, 5*time.Second, n.self+" drops the stale endpoint and keeps the other", func() bool {
+			return !hasEP(n, 9, "n2", "gone") && hasEP(n, 9, "n2", "kept")
+		})
+		if s := n.Stats(); s.OwnersDropped != 0 || s.RecordsExpired == 0 {
+			t.Fatalf("%s: owners dropped %d, records expired %d; want 0 and at least 1 (the restarted node's full state removes the stale endpoint, not a death)",
+				n.self, s.OwnersDropped, s.RecordsExpired)
+		}
+	}
+}
+
+// winnerAt returns "node/id" of the endpoint c programs for ip in vni, or ""
+// when it programs none (c's own claim wins, or there is none).
+func winnerAt(c *Cluster, vni uint32, ip net.IP) string {
+	for _, e := range c.Endpoints(vni) {
+		if e.IP.Equal(ip) {
+			return e.Node + "/" + e.ID
+		}
+	}
+	return ""
+}
+
+// ownVersionAt returns the version of owner's record key as c holds it.
+func ownVersionAt(c *Cluster, owner, kind, key string) uint64 {
+	for _, r := range c.Records(kind) {
+		if r.Owner == owner && r.Key == key {
+			return r.Version
+		}
+	}
+	return 0
+}
+
+// Two nodes claim one IP and the newer claim wins everywhere. Restarting
+// the older claimant, which republishes its endpoint from its persisted
+// state, must not make its claim the newer one: it still loses everywhere,
+// whether the others saw it die or not.
+func TestRestartKeepsClaimOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name     string
+		dead     time.Duration
+		seenDead bool // wait until the others dropped the node before restarting it
+	}{
+		{"fast restart", 30 * time.Second, false},
+		{"after peers saw it die", 2 * time.Second, true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := nodeOpts{dead: tc.dead}
+			nodes := startCluster(t, 3, o)
+			older, newer, observer := nodes[0], nodes[1], nodes[2]
+			ep := testEP(5, "old", 7)
+			pub, err := older.PublishEndpoint(ep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if pub.Created == 0 || pub.Created != pub.Version || pub.Node != "n0" {
+				t.Fatalf("a new endpoint is published as %+v; want Created = Version, Node n0", pub)
+			}
+			if _, err := newer.PublishEndpoint(testEP(5, "new", 7)); err != nil {
+				t.Fatal(err)
+			}
+			wantNewerWins := func(what string, older *Cluster) {
+				t.Helper()
+				poll.True(t, 5*time.Second, what, func() bool {
+					return winnerAt(observer, 5, ep.IP) == "n1/new" && winnerAt(newer, 5, ep.IP) == "" && winnerAt(older, 5, ep.IP) == "n1/new"
+				})
+			}
+			wantNewerWins("the newer claim wins everywhere", older)
+
+			// Restart the older claimant with what it persisted: its version
+			// floor and the endpoint with its claim stamp.
+			key := endpointKey(5, "old")
+			before := ownVersionAt(observer, "n0", kindEndpoint, key)
+			floor := older.Version()
+			older.Shutdown()
+			if tc.seenDead {
+				poll.True(t, 2*tc.dead, "the others drop the dead node's endpoint", func() bool {
+					return ownVersionAt(observer, "n0", kindEndpoint, key) == 0 && ownVersionAt(newer, "n0", kindEndpoint, key) == 0
+				})
+			}
+			o.port, o.peers, o.minV = older.cfg.BindPort, []string{addr(newer)}, floor
+			back := startNode(t, "n0", o, nil)
+			ep.Created = pub.Created
+			again, err := back.PublishEndpoint(ep)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if again.Created != pub.Created || again.Version <= pub.Version {
+				t.Fatalf("republished as %+v after %+v; want the same Created at a higher Version", again, pub)
+			}
+			poll.True(t, 5*time.Second, "the others have the republished endpoint", func() bool {
+				return ownVersionAt(observer, "n0", kindEndpoint, key) > before && ownVersionAt(newer, "n0", kindEndpoint, key) > before
+			})
+			wantNewerWins("the newer claim still wins everywhere after the older claimant restarted", back)
+		})
 	}
 }
 
@@ -234,13 +355,18 @@ func TestEncryption(t *testing.T) {
 	a := startNode(t, "a", nodeOpts{key: key}, nil)
 	b := startNode(t, "b", nodeOpts{key: key, peers: []string{addr(a)}}, nil)
 	poll.True(t, 5*time.Second, "a and b joined", func() bool { return a.alive.Load() == 2 && b.alive.Load() == 2 })
-	a.PublishEndpoint(testEP(3, "ea", 2))
+	if _, err := a.PublishEndpoint(testEP(3, "ea", 2)); err != nil {
+		t.Fatal(err)
+	}
 	poll.True(t, 3*time.Second, "b learns a's endpoint", func() bool { return hasEP(b, 3, "a", "ea") })
 
 	bad := startNode(t, "mallory", nodeOpts{key: []byte("XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"), peers: []string{addr(a), addr(b)}}, nil)
 	plain := startNode(t, "plain", nodeOpts{peers: []string{addr(a)}}, nil)
-	bad.PublishEndpoint(testEP(3, "evil", 66))
-	plain.PublishEndpoint(testEP(3, "evil2", 67))
+	for _, n := range []*Cluster{bad, plain} {
+		if _, err := n.PublishEndpoint(testEP(3, "evil-"+n.self, 66)); err != nil {
+			t.Fatal(err)
+		}
+	}
 	poll.True(t, 5*time.Second, "decrypt failures counted on the keyed nodes", func() bool {
 		return a.Stats().DecryptFailures > 0 && b.Stats().DecryptFailures > 0
 	})
@@ -249,7 +375,7 @@ func TestEncryption(t *testing.T) {
 	if len(bad.Endpoints(3)) != 0 || len(plain.Endpoints(3)) != 0 || bad.alive.Load() != 1 || plain.alive.Load() != 1 {
 		t.Fatalf("wrong-key node learned something: eps=%v members=%d", bad.Endpoints(3), bad.alive.Load())
 	}
-	if hasEP(a, 3, "mallory", "evil") || hasEP(b, 3, "plain", "evil2") || a.alive.Load() != 2 {
+	if hasEP(a, 3, "mallory", "evil-mallory") || hasEP(b, 3, "plain", "evil-plain") || a.alive.Load() != 2 {
 		t.Fatal("keyed nodes accepted an intruder")
 	}
 	t.Logf("decrypt failures: a=%d b=%d mallory=%d", a.Stats().DecryptFailures, b.Stats().DecryptFailures, bad.Stats().DecryptFailures)
@@ -275,7 +401,9 @@ func TestNetworkConflict(t *testing.T) {
 	}
 	t.Logf("conflict error: %v", err)
 	// After a withdraws, b may redefine it.
-	a.WithdrawNetwork(100)
+	if err := a.WithdrawNetwork(100); err != nil {
+		t.Fatal(err)
+	}
 	poll.True(t, 3*time.Second, "b sees the withdrawal", func() bool {
 		for _, n := range b.Networks() {
 			if n.Node == "a" {

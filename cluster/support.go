@@ -3,7 +3,6 @@ package cluster
 import (
 	"context"
 	"log/slog"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -12,28 +11,30 @@ import (
 )
 
 // notifier coalesces change notifications and delivers them from one
-// goroutine, so a burst of 10,000 records becomes one call per VNI.
+// goroutine, so a burst of 10,000 records becomes one call per kind and
+// scope (for endpoints: per VNI).
 type notifier struct {
-	mu    sync.Mutex
-	vnis  map[uint32]struct{}
-	kinds map[string]struct{}
-	wake  chan struct{}
+	mu      sync.Mutex
+	pending changes
+	wake    chan struct{}
 }
 
 func newNotifier() *notifier {
-	return &notifier{vnis: map[uint32]struct{}{}, kinds: map[string]struct{}{}, wake: make(chan struct{}, 1)}
+	return &notifier{pending: changes{}, wake: make(chan struct{}, 1)}
 }
 
 func (n *notifier) add(ch changes) {
-	if len(ch.vnis) == 0 && len(ch.kinds) == 0 {
+	if len(ch) == 0 {
 		return
 	}
 	n.mu.Lock()
-	for v := range ch.vnis {
-		n.vnis[v] = struct{}{}
-	}
-	for k := range ch.kinds {
-		n.kinds[k] = struct{}{}
+	for kind, scopes := range ch {
+		if n.pending[kind] == nil {
+			n.pending[kind] = map[string]struct{}{}
+		}
+		for s := range scopes {
+			n.pending[kind][s] = struct{}{}
+		}
 	}
 	n.mu.Unlock()
 	select {
@@ -42,32 +43,21 @@ func (n *notifier) add(ch changes) {
 	}
 }
 
-func (n *notifier) take() ([]uint32, []string) {
+func (n *notifier) take() changes {
 	n.mu.Lock()
 	defer n.mu.Unlock()
-	vnis := make([]uint32, 0, len(n.vnis))
-	for v := range n.vnis {
-		vnis = append(vnis, v)
-	}
-	kinds := make([]string, 0, len(n.kinds))
-	for k := range n.kinds {
-		kinds = append(kinds, k)
-	}
-	clear(n.vnis)
-	clear(n.kinds)
-	sort.Slice(vnis, func(i, j int) bool { return vnis[i] < vnis[j] })
-	sort.Strings(kinds)
-	return vnis, kinds
+	ch := n.pending
+	n.pending = changes{}
+	return ch
 }
 
-func (n *notifier) run(stop <-chan struct{}, deliver func([]uint32, []string)) {
+func (n *notifier) run(stop <-chan struct{}, deliver func(changes)) {
 	for {
 		select {
 		case <-stop:
 			return
 		case <-n.wake:
-			vnis, kinds := n.take()
-			deliver(vnis, kinds)
+			deliver(n.take())
 		}
 	}
 }
@@ -125,17 +115,3 @@ func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
 func (b *broadcast) Name() string    { return b.name }
 func (b *broadcast) Message() []byte { return b.msg }
 func (b *broadcast) Finished()       {}
-
-func stateName(s memberlist.NodeStateType) string {
-	switch s {
-	case memberlist.StateAlive:
-		return "alive"
-	case memberlist.StateSuspect:
-		return "suspect"
-	case memberlist.StateDead:
-		return "dead"
-	case memberlist.StateLeft:
-		return "left"
-	}
-	return "unknown"
-}

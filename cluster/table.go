@@ -1,19 +1,20 @@
 package cluster
 
 import (
-	"bytes"
-	"net"
 	"sort"
 	"time"
 )
 
 // table holds every owned, versioned record known to this node and the
-// merge rules that decide which ones win. It is pure data (no network, no
-// locking, clock injectable) so the ordering rules can be tested directly.
+// merge rules that decide which ones win. It knows nothing of what records
+// mean: their kinds' indexes (endpoints by VNI and IP, networks by VNI)
+// follow every live record in and out. It does no I/O and no locking, and
+// its clock is injectable, so the ordering rules can be tested directly.
 //
 // Rules:
 //   - Only the owner changes its records; copies of our own records coming
-//     back from the network are ignored.
+//     back from the network are not merged (Cluster.ownCopiesLocked reads
+//     them for what they say about our clock).
 //   - Per (owner, kind, key) the higher version wins; an equal version is a
 //     duplicate. Tombstones are records too, so a late add cannot undo a
 //     newer delete.
@@ -25,25 +26,19 @@ import (
 //     that we do not hold are stale and ignored. Collected tombstones raise
 //     the floor the same way, so nothing resurrects after GC.
 type table struct {
-	self string
-	ttl  time.Duration
-	now  func() time.Time
+	self  string
+	ttl   time.Duration
+	now   func() time.Time
+	kinds *registry
 
 	owners map[string]*ownerState
 	alive  map[string]bool
 
-	eps  map[uint32]map[epRef]*Endpoint // live endpoints by VNI
-	byIP map[vniIP]map[epRef]struct{}   // live endpoints by (VNI, IP), for conflict detection
-	nets map[uint32]map[string]*Network // live networks by VNI, then owner
-
 	st tableStats
-
-	onIPConflict  func(newer, older Endpoint)
-	onNetConflict func(ours, theirs Network)
 }
 
 type tableStats struct {
-	applied, stale, deadOwner, snapshots, expired, tombstonesGCed, ipConflicts, netConflicts, ownersDropped uint64
+	applied, stale, deadOwner, snapshots, expired, tombstonesGCed, ownersDropped uint64
 }
 
 type recKey struct{ kind, key string }
@@ -52,10 +47,8 @@ type entry struct {
 	version uint64
 	deleted bool
 	value   []byte
+	val     any       // the kind's decoded form of a live record, for its index
 	since   time.Time // when it became a tombstone
-	ep      *Endpoint // decoded, for live endpoint records
-	nw      *Network  // decoded, for live network records
-	vni     uint32    // for endpoint records, live or deleted
 }
 
 type ownerState struct {
@@ -63,42 +56,15 @@ type ownerState struct {
 	floor uint64
 }
 
-type epRef struct{ owner, id string }
-
-type vniIP struct {
-	vni uint32
-	ip  [4]byte
-}
-
-// item is a validated record ready to merge.
+// item is a checked record ready to merge.
 type item struct {
 	w   wireRecord
-	ep  *Endpoint
-	nw  *Network
-	vni uint32
+	val any // decoded by the record's kind (see prepare)
 }
 
-// changes collects what a merge touched, for coalesced notification.
-type changes struct {
-	vnis  map[uint32]struct{}
-	kinds map[string]struct{}
-}
-
-func (c *changes) add(kind string, vni uint32) {
-	if c == nil {
-		return
-	}
-	if c.kinds == nil {
-		c.kinds = map[string]struct{}{}
-	}
-	c.kinds[kind] = struct{}{}
-	if kind == kindEndpoint {
-		if c.vnis == nil {
-			c.vnis = map[uint32]struct{}{}
-		}
-		c.vnis[vni] = struct{}{}
-	}
-}
+// changes collects what a merge touched, by kind and scope, for coalesced
+// notification.
+type changes map[string]map[string]struct{}
 
 type source int
 
@@ -116,18 +82,15 @@ const (
 	resDeadOwner
 )
 
-func newTable(self string, ttl time.Duration) *table {
-	t := &table{
+func newTable(self string, ttl time.Duration, kinds *registry) *table {
+	return &table{
 		self:   self,
 		ttl:    ttl,
 		now:    time.Now,
+		kinds:  kinds,
 		owners: map[string]*ownerState{},
 		alive:  map[string]bool{self: true},
-		eps:    map[uint32]map[epRef]*Endpoint{},
-		byIP:   map[vniIP]map[epRef]struct{}{},
-		nets:   map[uint32]map[string]*Network{},
 	}
-	return t
 }
 
 func (t *table) owner(name string) *ownerState {
@@ -137,6 +100,51 @@ func (t *table) owner(name string) *ownerState {
 		t.owners[name] = o
 	}
 	return o
+}
+
+// touched notes a change of one record in ch.
+func (t *table) touched(ch *changes, k recKey) {
+	if ch == nil {
+		return
+	}
+	if *ch == nil {
+		*ch = changes{}
+	}
+	scopes := (*ch)[k.kind]
+	if scopes == nil {
+		scopes = map[string]struct{}{}
+		(*ch)[k.kind] = scopes
+	}
+	scopes[t.kinds.get(k.kind).scopeOf(k.key)] = struct{}{}
+}
+
+func (t *table) index(owner string, k recKey, e *entry) {
+	if e.deleted || e.val == nil {
+		return
+	}
+	if kd := t.kinds.get(k.kind); kd != nil && kd.index != nil {
+		kd.index.add(owner, e.val)
+	}
+}
+
+func (t *table) unindex(owner string, k recKey, e *entry) {
+	if e.deleted || e.val == nil {
+		return
+	}
+	if kd := t.kinds.get(k.kind); kd != nil && kd.index != nil {
+		kd.index.remove(owner, e.val)
+	}
+}
+
+// remove drops one record outright (not a tombstone).
+func (t *table) remove(owner string, k recKey, ch *changes) {
+	o := t.owners[owner]
+	if o == nil || o.recs[k] == nil {
+		return
+	}
+	t.unindex(owner, k, o.recs[k])
+	delete(o.recs, k)
+	t.touched(ch, k)
 }
 
 // setAlive records a membership change. A node that is no longer alive
@@ -154,15 +162,22 @@ func (t *table) setAlive(name string, alive bool, ch *changes) {
 	if o == nil {
 		return
 	}
-	for k, e := range o.recs {
-		t.unindex(name, k, e)
-		ch.add(k.kind, e.vni)
+	for k := range o.recs {
+		t.remove(name, k, ch)
 	}
 	delete(t.owners, name)
 	t.st.ownersDropped++
 }
 
 func (t *table) isAlive(name string) bool { return t.alive[name] }
+
+// ownEntry returns this node's record k, or nil.
+func (t *table) ownEntry(k recKey) *entry {
+	if o := t.owners[t.self]; o != nil {
+		return o.recs[k]
+	}
+	return nil
+}
 
 // put merges one record.
 func (t *table) put(owner string, it item, src source, ch *changes) result {
@@ -187,106 +202,15 @@ func (t *table) put(owner string, it item, src source, ch *changes) result {
 		e = &entry{}
 		o.recs[k] = e
 	}
-	*e = entry{version: it.w.Version, deleted: it.w.Deleted, value: it.w.Value, vni: it.vni}
+	*e = entry{version: it.w.Version, deleted: it.w.Deleted, value: it.w.Value, val: it.val}
 	if e.deleted {
 		e.since = t.now()
-		e.value = nil
-	} else {
-		e.ep, e.nw = it.ep, it.nw
-		t.index(owner, e)
+		e.value, e.val = nil, nil
 	}
+	t.index(owner, k, e)
 	t.st.applied++
-	ch.add(k.kind, e.vni)
+	t.touched(ch, k)
 	return resApplied
-}
-
-func (t *table) index(owner string, e *entry) {
-	if ep := e.ep; ep != nil {
-		ref := epRef{owner, ep.ID}
-		m := t.eps[ep.VNI]
-		if m == nil {
-			m = map[epRef]*Endpoint{}
-			t.eps[ep.VNI] = m
-		}
-		m[ref] = ep
-		ik := vniIP{ep.VNI, [4]byte(ep.IP.To4())}
-		others := t.byIP[ik]
-		if others == nil {
-			others = map[epRef]struct{}{}
-			t.byIP[ik] = others
-		}
-		for r := range others {
-			t.st.ipConflicts++
-			if t.onIPConflict != nil {
-				other := t.eps[ep.VNI][r]
-				if other.NewerThan(ep) {
-					t.onIPConflict(*other, *ep)
-				} else {
-					t.onIPConflict(*ep, *other)
-				}
-			}
-			break
-		}
-		others[ref] = struct{}{}
-	}
-	if nw := e.nw; nw != nil {
-		m := t.nets[nw.VNI]
-		if m == nil {
-			m = map[string]*Network{}
-			t.nets[nw.VNI] = m
-		}
-		m[owner] = nw
-		t.checkNetConflict(owner, nw)
-	}
-}
-
-func (t *table) checkNetConflict(owner string, nw *Network) {
-	if owner == t.self {
-		for o, other := range t.nets[nw.VNI] {
-			if o != t.self && !sameNetwork(*nw, *other) {
-				t.st.netConflicts++
-				if t.onNetConflict != nil {
-					t.onNetConflict(*nw, *other)
-				}
-			}
-		}
-		return
-	}
-	if ours := t.nets[nw.VNI][t.self]; ours != nil && !sameNetwork(*ours, *nw) {
-		t.st.netConflicts++
-		if t.onNetConflict != nil {
-			t.onNetConflict(*ours, *nw)
-		}
-	}
-}
-
-func sameNetwork(a, b Network) bool { return a.Subnet == b.Subnet && a.MTU == b.MTU }
-
-func (t *table) unindex(owner string, k recKey, e *entry) {
-	if ep := e.ep; ep != nil {
-		ref := epRef{owner, ep.ID}
-		if m := t.eps[ep.VNI]; m != nil {
-			delete(m, ref)
-			if len(m) == 0 {
-				delete(t.eps, ep.VNI)
-			}
-		}
-		ik := vniIP{ep.VNI, [4]byte(ep.IP.To4())}
-		if m := t.byIP[ik]; m != nil {
-			delete(m, ref)
-			if len(m) == 0 {
-				delete(t.byIP, ik)
-			}
-		}
-	}
-	if nw := e.nw; nw != nil {
-		if m := t.nets[nw.VNI]; m != nil {
-			delete(m, owner)
-			if len(m) == 0 {
-				delete(t.nets, nw.VNI)
-			}
-		}
-	}
 }
 
 // applyState merges a full state. The sender's own group is authoritative.
@@ -312,10 +236,8 @@ func (t *table) applyState(sender string, clock uint64, groups map[string][]item
 			if _, ok := present[k]; ok || e.version >= clock {
 				continue
 			}
-			t.unindex(owner, k, e)
-			delete(o.recs, k)
+			t.remove(owner, k, ch)
 			t.st.expired++
-			ch.add(k.kind, e.vni)
 		}
 		o.floor = max(o.floor, clock)
 		t.st.snapshots++
@@ -336,44 +258,28 @@ func (t *table) gc(ch *changes) {
 				delete(o.recs, k)
 				o.floor = max(o.floor, e.version)
 				t.st.tombstonesGCed++
-				ch.add(k.kind, e.vni)
+				t.touched(ch, k)
 			}
 		}
 	}
 }
 
-// endpoints returns the remote winners per IP in one VNI.
-func (t *table) endpoints(vni uint32) []Endpoint {
-	best := map[[4]byte]*Endpoint{}
-	for _, ep := range t.eps[vni] {
-		ip := [4]byte(ep.IP.To4())
-		if cur := best[ip]; cur == nil || ep.NewerThan(cur) {
-			best[ip] = ep
+// revalidate drops the held remote records of one kind that check rejects,
+// and returns how many it dropped.
+func (t *table) revalidate(kind string, check func(owner string, w wireRecord) error, ch *changes) int {
+	n := 0
+	for name, o := range t.owners {
+		if name == t.self {
+			continue
+		}
+		for k, e := range o.recs {
+			if k.kind == kind && !e.deleted && check(name, wireRecord{Kind: kind, Key: k.key, Version: e.version, Value: e.value}) != nil {
+				t.remove(name, k, ch)
+				n++
+			}
 		}
 	}
-	out := make([]Endpoint, 0, len(best))
-	for _, ep := range best {
-		if ep.Node != t.self {
-			out = append(out, copyEndpoint(*ep))
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if c := bytes.Compare(out[i].IP, out[j].IP); c != 0 {
-			return c < 0
-		}
-		if out[i].Node != out[j].Node {
-			return out[i].Node < out[j].Node
-		}
-		return out[i].ID < out[j].ID
-	})
-	return out
-}
-
-func copyEndpoint(ep Endpoint) Endpoint {
-	ep.IP = append(net.IP(nil), ep.IP...)
-	ep.MAC = append(net.HardwareAddr(nil), ep.MAC...)
-	ep.VTEP = append(net.IP(nil), ep.VTEP...)
-	return ep
+	return n
 }
 
 func (t *table) records(kind string) []Record {
@@ -391,34 +297,6 @@ func (t *table) records(kind string) []Record {
 		}
 		return out[i].Key < out[j].Key
 	})
-	return out
-}
-
-func (t *table) networks() []Network {
-	var out []Network
-	for _, m := range t.nets {
-		for _, n := range m {
-			out = append(out, *n)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool {
-		if out[i].VNI != out[j].VNI {
-			return out[i].VNI < out[j].VNI
-		}
-		return out[i].Node < out[j].Node
-	})
-	return out
-}
-
-// remoteNetworks returns live remote definitions of one VNI.
-func (t *table) remoteNetworks(vni uint32) []Network {
-	var out []Network
-	for owner, n := range t.nets[vni] {
-		if owner != t.self {
-			out = append(out, *n)
-		}
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
 	return out
 }
 
@@ -440,24 +318,4 @@ func (t *table) snapshot(clock uint64, flags byte, ownOnly bool) stateMsg {
 		m.Owners = append(m.Owners, g)
 	}
 	return m
-}
-
-func (t *table) get(owner, kind, key string) *entry {
-	if o := t.owners[owner]; o != nil {
-		return o.recs[recKey{kind, key}]
-	}
-	return nil
-}
-
-func (t *table) count() (live, tombstones int) {
-	for _, o := range t.owners {
-		for _, e := range o.recs {
-			if e.deleted {
-				tombstones++
-			} else {
-				live++
-			}
-		}
-	}
-	return
 }

@@ -10,7 +10,8 @@ import (
 var ErrConflict = errors.New("conflicting network definition")
 
 // Endpoint is a container interface attached to an overlay, as gossiped
-// between nodes. The cluster fills Node, VTEP and Version on publish.
+// between nodes. The cluster fills Node, VTEP and Version on publish, and
+// Created on a new endpoint's first publish.
 type Endpoint struct {
 	VNI     uint32
 	ID      string // Docker endpoint ID, unique per node
@@ -18,14 +19,25 @@ type Endpoint struct {
 	MAC     net.HardwareAddr
 	Node    string // owner node
 	VTEP    net.IP // owner's underlay address (its AdvertiseAddr)
-	Version uint64 // owner's hybrid clock when it published this endpoint
+	Version uint64 // owner's hybrid clock when it last published this endpoint
+	// Created is the version of the endpoint's first publish: the age of its
+	// claim on IP. Republishing (after a restart, with new names) gives the
+	// record a new Version but keeps Created, so that the endpoint keeps its
+	// place against other claims on the same IP.
+	Created uint64
+	// Names are the container's DNS names on this network, normalised
+	// (dnsname.Normalize: lower case, sorted, no duplicates). They are part
+	// of the record: they change only when the owner republishes the
+	// endpoint, and an older copy never brings back a removed name.
+	Names []string
 }
 
-// NewerThan orders two claims on one IP (or one MAC): higher version, then
-// a deterministic tie-break so every node picks the same winner.
+// NewerThan orders two claims on one IP (or one MAC): the later claim, by
+// Created, wins (an older claim may be a leftover whose withdrawal was
+// lost); ties break deterministically so every node picks the same winner.
 func (e *Endpoint) NewerThan(o *Endpoint) bool {
-	if e.Version != o.Version {
-		return e.Version > o.Version
+	if e.Created != o.Created {
+		return e.Created > o.Created
 	}
 	if e.Node != o.Node {
 		return e.Node > o.Node
@@ -51,21 +63,13 @@ type Handler interface {
 	EndpointsChanged(vni uint32)
 }
 
-// HandlerFunc adapts a function to Handler.
-type HandlerFunc func(vni uint32)
-
-// EndpointsChanged calls f(vni).
-func (f HandlerFunc) EndpointsChanged(vni uint32) { f(vni) }
-
-// Member is a node as seen by memberlist.
+// Member is a live node: memberlist lists a node from its join until it is
+// declared dead or leaves. A node under suspicion is still listed (memberlist
+// keeps suspicion to itself), so there is no state to report.
 type Member struct {
 	Name string
 	Addr net.IP
 	Port int
-	// State is "alive" for every listed member: memberlist keeps suspicion
-	// private (Node.State is never updated), and dead or left nodes are
-	// not listed.
-	State string
 }
 
 // Record is a generic owned, versioned record (see PutRecord).
@@ -80,8 +84,10 @@ type Record struct {
 // KindOptions configures a record kind registered with RegisterKind.
 // Every field is optional.
 type KindOptions struct {
-	// Validate checks the key and value of every received live record of
-	// this kind before it is stored; a non-nil error drops (and counts) it.
+	// Validate checks the key and value of every live record of this kind,
+	// received (a non-nil error drops it and counts it as malformed) or put
+	// by this node (PutRecord fails). Records held before the kind was
+	// registered are checked by RegisterKind.
 	Validate func(key string, value []byte) error
 	// Changed is called, coalesced, from the notifier goroutine (the same
 	// one that calls Handler) when Records(kind) may have changed.

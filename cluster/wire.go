@@ -22,6 +22,7 @@ const (
 	maxKindLen     = 32
 	maxKeyLen      = 256
 	MaxValueLen    = 512   // largest record value PutRecord accepts
+	maxWireValue   = 1024  // largest value on the wire: an endpoint with names may exceed MaxValueLen
 	MaxDirectLen   = 65536 // largest SendTo payload
 	flagDeleted    = 1 << 0
 	stateHello     = 1 << 0 // sender asks for our own state in return
@@ -195,7 +196,7 @@ func (r *reader) record() wireRecord {
 	w.Version = r.uvarint()
 	f := r.byte1()
 	w.Deleted = f&flagDeleted != 0
-	if v := r.bytesN(MaxValueLen, "value"); len(v) > 0 {
+	if v := r.bytesN(maxWireValue, "value"); len(v) > 0 {
 		w.Value = append([]byte(nil), v...)
 	}
 	if r.err == nil && f&^flagDeleted != 0 {

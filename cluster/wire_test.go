@@ -2,8 +2,13 @@ package cluster
 
 import (
 	"bytes"
+	"fmt"
 	"net"
+	"slices"
+	"strings"
 	"testing"
+
+	"github.com/vxovl/vxovl/internal/dnsname"
 )
 
 func TestWireRoundTrip(t *testing.T) {
@@ -48,6 +53,20 @@ func TestRecordFitsPacket(t *testing.T) {
 	if len(b) > 400 {
 		t.Fatalf("endpoint record is %d bytes", len(b))
 	}
+	// The most names one endpoint can have: MaxNames of them, MaxNamesLen
+	// bytes together.
+	for i := range dnsname.MaxNames {
+		ep.Names = append(ep.Names, fmt.Sprintf("%02d", i)+strings.Repeat("n", MaxNamesLen/dnsname.MaxNames-2))
+	}
+	if names, err := checkEndpoint(ep); err != nil || namesLen(names) != MaxNamesLen {
+		t.Fatalf("largest set of names: %v, %d bytes", err, namesLen(names))
+	}
+	ep.Created = 1 << 62
+	b = encodeRecord(string(bytes.Repeat([]byte("n"), maxNodeName)), wireRecord{Kind: kindEndpoint, Key: endpointKey(ep.VNI, strings.Repeat("f", maxEPID)), Version: 1 << 63, Value: encodeEndpointValue(ep)})
+	if len(b) > 1400-100 {
+		t.Fatalf("largest endpoint record is %d bytes, too big for a 1400-byte packet with overheads", len(b))
+	}
+	t.Logf("largest endpoint record: %d bytes", len(b))
 	worst := encodeRecord(string(bytes.Repeat([]byte("n"), maxNodeName)), wireRecord{Kind: string(bytes.Repeat([]byte("k"), maxKindLen)),
 		Key: string(bytes.Repeat([]byte("k"), maxKeyLen)), Version: 1 << 63, Value: make([]byte, MaxValueLen)})
 	if len(worst) > 1400-100 {
@@ -59,9 +78,19 @@ func TestRecordFitsPacket(t *testing.T) {
 // validate, merge. It must never panic. The seed corpus runs as a normal
 // test.
 func FuzzDecode(f *testing.F) {
-	ep := Endpoint{VNI: 7, ID: "e1", IP: net.IPv4(10, 0, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, VTEP: net.IPv4(127, 0, 0, 1)}
+	ep := Endpoint{VNI: 7, ID: "e1", IP: net.IPv4(10, 0, 0, 2), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 1}, VTEP: net.IPv4(127, 0, 0, 1), Created: 3}
 	rec := wireRecord{Kind: kindEndpoint, Key: endpointKey(7, "e1"), Version: 5, Value: encodeEndpointValue(ep)}
 	f.Add(encodeRecord("a", rec))
+	legacy := rec
+	legacy.Value = legacy.Value[:epFixedLen]
+	f.Add(encodeRecord("b", legacy))
+	named := ep
+	named.Names = []string{"db", "db.app", "web_1"}
+	withNames := wireRecord{Kind: kindEndpoint, Key: endpointKey(7, "e2"), Version: 6, Value: encodeEndpointValue(named)}
+	f.Add(encodeRecord("a", withNames))
+	named.Names = []string{"web", "DB"} // not normalised
+	f.Add(encodeRecord("a", wireRecord{Kind: kindEndpoint, Key: endpointKey(7, "e3"), Version: 6, Value: encodeEndpointValue(named)}))
+	f.Add(encodeState(stateMsg{Sender: "b", Clock: 9, Owners: []ownerRecords{{Owner: "b", Recs: []wireRecord{withNames, legacy}}}}))
 	f.Add(encodeRecord("a", wireRecord{Kind: kindEndpoint, Key: "7/e1", Version: 6, Deleted: true}))
 	f.Add(encodeRecord("a", wireRecord{Kind: kindNetwork, Key: "7", Version: 6, Value: encodeNetworkValue(Network{Subnet: "10.0.0.0/24", MTU: 1450})}))
 	f.Add(encodeState(stateMsg{Sender: "a", Clock: 9, Owners: []ownerRecords{{Owner: "a", Recs: []wireRecord{rec}}, {Owner: "b", Recs: []wireRecord{rec}}}}))
@@ -70,13 +99,15 @@ func FuzzDecode(f *testing.F) {
 	f.Add([]byte{msgState, 1, 'a', 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Add([]byte{msgRecord, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
-		c := &Cluster{t: newTestTable("a", "b"), heard: map[string]struct{}{}, kinds: map[string]KindOptions{}, notify: newNotifier(),
-			direct: make(chan directMsg, 1), hello: newHelloQueue(), log: discardLogger()}
+		c := newTestCluster("self")
+		c.t.setAlive("a", true, nil)
+		c.t.setAlive("b", true, nil)
 		(*delegate)(c).NotifyMsg(b)
 		(*delegate)(c).MergeRemoteState(b, false)
-		for _, e := range c.t.endpoints(7) {
-			if checkEndpoint(e) != nil || e.VTEP.To4() == nil {
-				t.Fatalf("invalid endpoint stored: %+v", e)
+		for _, e := range c.eps.endpoints(7) {
+			names, err := checkEndpoint(e)
+			if err != nil || !slices.Equal(names, e.Names) || e.VTEP.To4() == nil || e.Created == 0 || e.Created > e.Version {
+				t.Fatalf("invalid endpoint stored: %+v (%v)", e, err)
 			}
 		}
 	})

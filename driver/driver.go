@@ -42,7 +42,7 @@ type Dataplane interface {
 type Gossip interface {
 	PublishNetwork(n cluster.Network) error
 	WithdrawNetwork(vni uint32) error
-	PublishEndpoint(ep cluster.Endpoint) error
+	PublishEndpoint(ep cluster.Endpoint) (cluster.Endpoint, error)
 	WithdrawEndpoint(vni uint32, id string) error
 	Endpoints(vni uint32) []cluster.Endpoint
 }
@@ -177,7 +177,7 @@ func (o *overlay) clusterNetwork() cluster.Network {
 
 // clusterEndpoint is what the cluster announces of ep.
 func (ep *endpoint) clusterEndpoint(vni uint32) cluster.Endpoint {
-	return cluster.Endpoint{VNI: vni, ID: ep.ID, IP: ep.ip, MAC: ep.mac}
+	return cluster.Endpoint{VNI: vni, ID: ep.ID, IP: ep.ip, MAC: ep.mac, Created: ep.Created}
 }
 
 // New makes a driver. Call Start before serving the API.
@@ -431,10 +431,12 @@ func (d *Driver) CreateEndpoint(req *network.CreateEndpointRequest) (*network.Cr
 	if err := d.store.Put(bucketEndpoints, ep.ID, ep.endpointRecord); err != nil {
 		return nil, err
 	}
-	if err := d.gossip.PublishEndpoint(ep.clusterEndpoint(o.VNI)); err != nil {
+	pub, err := d.gossip.PublishEndpoint(ep.clusterEndpoint(o.VNI))
+	if err != nil {
 		d.undo("forget endpoint", d.store.Delete(bucketEndpoints, ep.ID))
 		return nil, fmt.Errorf("announcing endpoint to the cluster: %w", err)
 	}
+	d.keepClaimStamp(ep, pub.Created)
 	o.endpoints[ep.ID] = ep
 	d.log.Info("endpoint created", "network", short(o.ID), "vni", o.VNI, "endpoint", short(ep.ID), "ip", ip, "mac", mac.String())
 	// A remote endpoint claiming this IP must now be unprogrammed.

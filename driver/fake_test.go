@@ -7,6 +7,7 @@ import (
 	"slices"
 	"sort"
 	"sync"
+	"sync/atomic"
 
 	"github.com/vxovl/vxovl/cluster"
 	"github.com/vxovl/vxovl/internal/dataplane"
@@ -224,6 +225,11 @@ type fakeGossip struct {
 	caughtUp  bool
 }
 
+// fakeClock hands out fakeGossip's versions. It is shared, so that a
+// restarted driver's fake, like a real cluster, publishes above the
+// versions of its previous life.
+var fakeClock atomic.Uint64
+
 func (g *fakeGossip) CaughtUp() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
@@ -252,11 +258,15 @@ func (g *fakeGossip) WithdrawNetwork(vni uint32) error {
 	return nil
 }
 
-func (g *fakeGossip) PublishEndpoint(ep cluster.Endpoint) error {
+func (g *fakeGossip) PublishEndpoint(ep cluster.Endpoint) (cluster.Endpoint, error) {
 	g.mu.Lock()
 	defer g.mu.Unlock()
+	ep.Version = fakeClock.Add(1)
+	if ep.Created == 0 {
+		ep.Created = ep.Version
+	}
 	g.local[ep.ID] = ep
-	return nil
+	return ep, nil
 }
 
 func (g *fakeGossip) WithdrawEndpoint(vni uint32, id string) error {

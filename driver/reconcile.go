@@ -88,13 +88,33 @@ func (d *Driver) restoreLocked() error {
 			d.log.Error("restoring overlay; will retry", "vni", o.VNI, "err", err)
 		}
 		for _, ep := range o.endpoints {
-			if err := d.gossip.PublishEndpoint(ep.clusterEndpoint(o.VNI)); err != nil {
+			pub, err := d.gossip.PublishEndpoint(ep.clusterEndpoint(o.VNI))
+			if err != nil {
 				d.log.Error("re-announcing endpoint", "endpoint", short(ep.ID), "err", err)
+				continue
 			}
+			d.keepClaimStamp(ep, pub.Created)
 		}
 	}
 	d.log.Info("state restored", "networks", len(d.networks), "endpoints", len(eps), "store", d.store.Path())
 	return nil
+}
+
+// keepClaimStamp stores the stamp the cluster gave ep's claim on its address
+// when it is new (the endpoint's first publish, or one stored before stamps
+// existed). Failing to store it costs only the claim's age after a restart.
+func (d *Driver) keepClaimStamp(ep *endpoint, created uint64) {
+	if ep.Created == created {
+		return
+	}
+	rec := ep.endpointRecord
+	rec.Created = created
+	if err := d.store.Put(bucketEndpoints, ep.ID, rec); err != nil {
+		d.log.Warn("saving the endpoint's claim stamp; after a restart its claim on the address will count as new",
+			"endpoint", short(ep.ID), "err", err)
+		return
+	}
+	ep.endpointRecord = rec
 }
 
 // EndpointsChanged implements cluster.Handler: it marks vni for a sync by the

@@ -34,6 +34,11 @@ type endpointRecord struct {
 	Address   string // CIDR
 	MAC       string
 	Joined    bool `json:",omitempty"`
+	// Created is the cluster's stamp of the endpoint's claim on Address
+	// (cluster.Endpoint.Created), republished as it is after a restart so
+	// that the claim keeps its age against other hosts' claims on the
+	// address. Zero until the first publish.
+	Created uint64 `json:",omitempty"`
 }
 
 type peerRecord struct {

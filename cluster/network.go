@@ -1,0 +1,167 @@
+package cluster
+
+import (
+	"encoding/binary"
+	"fmt"
+	"net/netip"
+	"sort"
+	"strconv"
+
+	"github.com/vxovl/vxovl/internal/vxlan"
+)
+
+// Networks are records of kind "net", keyed by the VNI in decimal, whose
+// value is the MTU (uvarint) and the canonical subnet.
+const kindNetwork = "net"
+
+// networkKind is the built-in kind behind PublishNetwork and Networks.
+func networkKind(idx *networkIndex) *kind {
+	return &kind{
+		builtin: true,
+		decode: func(owner string, w wireRecord) (any, error) {
+			n, err := decodeNetwork(owner, w)
+			return &n, err
+		},
+		checkKey: func(key string) error { _, err := parseNetworkKey(key); return err },
+		index:    idx,
+	}
+}
+
+func networkKey(vni uint32) string { return strconv.FormatUint(uint64(vni), 10) }
+
+func parseNetworkKey(key string) (uint32, error) {
+	n, err := strconv.ParseUint(key, 10, 32)
+	if err != nil || strconv.FormatUint(n, 10) != key {
+		return 0, fmt.Errorf("network key %q is not a VNI", key)
+	}
+	return uint32(n), vxlan.CheckVNI(uint32(n))
+}
+
+// canonicalSubnet parses an IPv4 CIDR and returns its masked form.
+func canonicalSubnet(s string) (string, error) {
+	p, err := netip.ParsePrefix(s)
+	if err != nil || !p.Addr().Is4() {
+		return "", fmt.Errorf("subnet %q is not an IPv4 CIDR", s)
+	}
+	return p.Masked().String(), nil
+}
+
+func checkNetwork(n Network) (Network, error) {
+	if err := vxlan.CheckVNI(n.VNI); err != nil {
+		return n, err
+	}
+	s, err := canonicalSubnet(n.Subnet)
+	if err != nil {
+		return n, err
+	}
+	n.Subnet = s
+	if err := vxlan.CheckMTU(n.MTU); err != nil {
+		return n, err
+	}
+	return n, nil
+}
+
+func encodeNetworkValue(n Network) []byte {
+	b := binary.AppendUvarint(nil, uint64(n.MTU))
+	return append(b, n.Subnet...)
+}
+
+func decodeNetwork(owner string, w wireRecord) (Network, error) {
+	vni, err := parseNetworkKey(w.Key)
+	if err != nil {
+		return Network{}, err
+	}
+	mtu, k := binary.Uvarint(w.Value)
+	if k <= 0 || mtu > vxlan.MaxMTU {
+		return Network{}, fmt.Errorf("network value: bad MTU")
+	}
+	n, err := checkNetwork(Network{VNI: vni, Subnet: string(w.Value[k:]), MTU: int(mtu), Node: owner})
+	if err != nil {
+		return Network{}, err
+	}
+	if n.Subnet != string(w.Value[k:]) {
+		return Network{}, fmt.Errorf("network subnet %q not canonical", w.Value[k:])
+	}
+	return n, nil
+}
+
+func sameNetwork(a, b Network) bool { return a.Subnet == b.Subnet && a.MTU == b.MTU }
+
+// networkIndex holds the live network definitions by VNI and owner, for
+// Networks and for noticing a remote definition that disagrees with ours.
+type networkIndex struct {
+	self      string
+	byVNI     map[uint32]map[string]*Network
+	conflicts uint64
+	// onConflict, if set, is told about each remote definition that
+	// disagrees with ours, when either arrives.
+	onConflict func(ours, theirs Network)
+}
+
+func newNetworkIndex(self string) *networkIndex {
+	return &networkIndex{self: self, byVNI: map[uint32]map[string]*Network{}}
+}
+
+func (x *networkIndex) add(owner string, val any) {
+	nw := val.(*Network)
+	m := x.byVNI[nw.VNI]
+	if m == nil {
+		m = map[string]*Network{}
+		x.byVNI[nw.VNI] = m
+	}
+	m[owner] = nw
+	if owner == x.self {
+		for o, other := range m {
+			if o != x.self && !sameNetwork(*nw, *other) {
+				x.conflict(*nw, *other)
+			}
+		}
+	} else if ours := m[x.self]; ours != nil && !sameNetwork(*ours, *nw) {
+		x.conflict(*ours, *nw)
+	}
+}
+
+func (x *networkIndex) conflict(ours, theirs Network) {
+	x.conflicts++
+	if x.onConflict != nil {
+		x.onConflict(ours, theirs)
+	}
+}
+
+func (x *networkIndex) remove(owner string, val any) {
+	nw := val.(*Network)
+	if m := x.byVNI[nw.VNI]; m != nil {
+		delete(m, owner)
+		if len(m) == 0 {
+			delete(x.byVNI, nw.VNI)
+		}
+	}
+}
+
+func (x *networkIndex) networks() []Network {
+	var out []Network
+	for _, m := range x.byVNI {
+		for _, n := range m {
+			out = append(out, *n)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool {
+		if out[i].VNI != out[j].VNI {
+			return out[i].VNI < out[j].VNI
+		}
+		return out[i].Node < out[j].Node
+	})
+	return out
+}
+
+// remote returns the live remote definitions of one VNI.
+func (x *networkIndex) remote(vni uint32) []Network {
+	var out []Network
+	for owner, n := range x.byVNI[vni] {
+		if owner != x.self {
+			out = append(out, *n)
+		}
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out
+}
