@@ -1,6 +1,7 @@
 package dnsserver
 
 import (
+	"net"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -49,7 +50,7 @@ func resolve(t *Table, q dns.Question, ttl uint32) (verdict, []dns.RR) {
 		if !t.subnet.Contains(ip) {
 			return forward, nil
 		}
-		names := t.names[ip]
+		names := t.names[ip.As4()]
 		switch {
 		case isTransfer:
 			return refused, nil
@@ -79,8 +80,7 @@ func resolve(t *Table, q dns.Question, ttl uint32) (verdict, []dns.RR) {
 	addrs := t.addrs[b]
 	rrs := make([]dns.RR, len(addrs))
 	for i, a := range addrs {
-		ip4 := a.As4()
-		rrs[i] = &dns.A{Hdr: hdr(dns.TypeA), A: ip4[:]}
+		rrs[i] = &dns.A{Hdr: hdr(dns.TypeA), A: net.IP(a[:])} // a is a copy: the table is not shared
 	}
 	return answer, rrs
 }
