@@ -499,29 +499,6 @@ func TestUpstreamsFollowResolvConf(t *testing.T) {
 	t.Logf("three resolv.conf changes picked up in %v in all", d)
 }
 
-func TestParseResolvConf(t *testing.T) {
-	got := parseResolvConf([]byte(`# comment
-; nameserver 10.0.0.9
-search example.com
-nameserver 10.0.0.1
-nameserver   fe80::1%eth0  # trailing words are ignored
-nameserver not-an-address
-nameserver
-options rotate
-nameserver ::ffff:10.0.0.3
-nameserver 10.0.0.4
-`))
-	want := []netip.Addr{addr("10.0.0.1"), addr("fe80::1%eth0"), addr("10.0.0.3")}
-	if !slices.Equal(got, want) {
-		t.Errorf("parseResolvConf = %v, want %v (at most 3, as the C library)", got, want)
-	}
-	self := []netip.Addr{addr("10.10.0.1")}
-	got = usableUpstreams(addrs("10.10.0.1", "127.0.0.11", "0.0.0.0", "::", "127.0.0.53", "10.0.0.1"), self)
-	if want := addrs("127.0.0.53", "10.0.0.1"); !slices.Equal(got, want) {
-		t.Errorf("usableUpstreams = %v, want %v", got, want)
-	}
-}
-
 func TestRespondToOddMessages(t *testing.T) {
 	s, err := newServer(Config{ResolvConf: filepath.Join(t.TempDir(), "none")}, mustTable(t, "app", testRecords()), nil)
 	if err != nil {
