@@ -59,11 +59,13 @@ const (
 // Config configures a Server. The zero value is usable.
 type Config struct {
 	// TTL of the answers about the network's containers, rounded down to
-	// whole seconds, at most an hour; 0 means the default, 1 s. Docker's embedded DNS uses
-	// 600 s for its local names, but it learns of a removed container at
-	// once; clients that cache (nscd, systemd-resolved, the JVM) would keep
-	// a container of another host for the whole TTL after it is gone, so
-	// answers here live about as long as it takes the removal to arrive.
+	// whole seconds, at most an hour; 0 means the default, 1 s. Docker's
+	// embedded DNS uses 600 s for its local names, but it learns of a
+	// removed container at once; clients that cache (nscd,
+	// systemd-resolved, the JVM) would keep a container of another host for
+	// the whole TTL after it is gone, so answers here live about as long as
+	// it takes the removal to arrive. Docker's embedded DNS itself caches
+	// nothing, so without such a client 1 s costs nothing either.
 	TTL time.Duration
 	// UpstreamTimeout bounds how long one upstream resolver may take to
 	// answer one forwarded query (over UDP, and over TCP if the UDP answer
