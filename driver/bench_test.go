@@ -7,6 +7,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"slices"
@@ -32,6 +33,12 @@ func (k nsDataplane) in(fn func() error) error { return dataplane.Do(k.host, fn)
 
 func (k nsDataplane) EnsureNetwork(s dataplane.NetworkSpec) error {
 	return k.in(func() error { return k.ov.EnsureNetwork(s) })
+}
+
+// ListenDNS opens the sockets inside the overlay namespace, which the
+// dataplane finds by path whatever namespace the caller is in.
+func (k nsDataplane) ListenDNS(vni uint32, addr netip.Addr, port int) (net.PacketConn, net.Listener, error) {
+	return k.ov.ListenDNS(vni, addr, port)
 }
 
 func (k nsDataplane) DeleteNetwork(vni uint32) error {

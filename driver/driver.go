@@ -14,12 +14,14 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"sync"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
 
 	"github.com/vxovl/vxovl/cluster"
+	"github.com/vxovl/vxovl/dnsserver"
 	"github.com/vxovl/vxovl/internal/dataplane"
 	"github.com/vxovl/vxovl/internal/store"
 	"github.com/vxovl/vxovl/internal/vxlan"
@@ -36,6 +38,9 @@ type Dataplane interface {
 	DeleteEndpoint(vni uint32, id string) error
 	EndpointAttached(vni uint32, id string) (bool, error)
 	SyncPeers(vni uint32, peers []dataplane.Peer, flood []net.IP) (dataplane.SyncResult, error)
+	// ListenDNS opens the sockets of a network's name server inside its
+	// overlay namespace.
+	ListenDNS(vni uint32, addr netip.Addr, port int) (net.PacketConn, net.Listener, error)
 }
 
 // Gossip is the part of the cluster the driver uses.
@@ -63,7 +68,11 @@ type Config struct {
 	// store are kept programmed while the cluster catches up, so that running
 	// containers do not lose their neighbors during a plugin restart. Default 30s.
 	RestoreGrace time.Duration
-	Logger       *slog.Logger
+	// DNS configures every network's name server (TTL, upstream resolvers).
+	DNS dnsserver.Config
+	// DNSPort is the name servers' port. Default DNSPort (53).
+	DNSPort int
+	Logger  *slog.Logger
 }
 
 func (c *Config) setDefaults() {
@@ -78,6 +87,9 @@ func (c *Config) setDefaults() {
 	}
 	if c.RestoreGrace == 0 {
 		c.RestoreGrace = 30 * time.Second
+	}
+	if c.DNSPort == 0 {
+		c.DNSPort = DNSPort
 	}
 	if c.Logger == nil {
 		c.Logger = slog.Default()
@@ -119,6 +131,10 @@ type Driver struct {
 	// step failed, by what they remove; the reconcile loop retries them.
 	unfinished map[string]func() error
 
+	// managed holds the IDs of the networks, for Manages, which must not
+	// wait for mu.
+	managed sync.Map
+
 	dirtyMu  sync.Mutex
 	dirty    map[uint32]struct{}
 	kick     chan struct{}
@@ -153,6 +169,8 @@ type overlay struct {
 	// conflicts are the remote endpoints left out of the tables because they
 	// clash (node/endpoint -> why), so each is reported once.
 	conflicts map[string]string
+	// names is the network's name server; nil while none runs.
+	names *dnsserver.Server
 }
 
 type endpoint struct {
@@ -165,7 +183,7 @@ type endpoint struct {
 func (o *overlay) localEndpoints() []localEndpoint {
 	out := make([]localEndpoint, 0, len(o.endpoints))
 	for _, ep := range o.endpoints {
-		out = append(out, localEndpoint{ID: ep.ID, IP: ep.ip, MAC: ep.mac})
+		out = append(out, localEndpoint{ID: ep.ID, IP: ep.ip, MAC: ep.mac, Names: ep.Names})
 	}
 	return out
 }
@@ -177,7 +195,7 @@ func (o *overlay) clusterNetwork() cluster.Network {
 
 // clusterEndpoint is what the cluster announces of ep.
 func (ep *endpoint) clusterEndpoint(vni uint32) cluster.Endpoint {
-	return cluster.Endpoint{VNI: vni, ID: ep.ID, IP: ep.ip, MAC: ep.mac, Created: ep.Created}
+	return cluster.Endpoint{VNI: vni, ID: ep.ID, IP: ep.ip, MAC: ep.mac, Names: ep.Names, Created: ep.Created}
 }
 
 // New makes a driver. Call Start before serving the API.
@@ -224,7 +242,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	o := &overlay{
 		networkRecord: networkRecord{
 			ID: req.NetworkID, VNI: opts.VNI, Subnet: pool.Subnet.String(),
-			MTU: opts.MTU, Flood: opts.Flood, Internal: opts.Internal,
+			MTU: opts.MTU, Flood: opts.Flood, Internal: opts.Internal, NoDNS: opts.NoDNS,
 		},
 		subnet:    pool.Subnet,
 		gateway:   pool.Gateway,
@@ -243,7 +261,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if old, ok := d.networks[req.NetworkID]; ok {
-		if old.networkRecord == o.networkRecord {
+		if old.definition() == o.definition() {
 			return nil // Docker retried; the network is already there
 		}
 		return fmt.Errorf("network %s already exists with other settings", short(req.NetworkID))
@@ -267,6 +285,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	}
 	d.networks[o.ID] = o
 	d.byVNI[o.VNI] = o
+	d.managed.Store(o.ID, struct{}{})
 	d.log.Info("network created", "network", short(o.ID), "vni", o.VNI, "subnet", o.Subnet, "mtu", o.MTU, "flood", o.Flood)
 	// Peers may already have endpoints in this overlay: program them now.
 	d.markDirty(o.VNI)
@@ -292,6 +311,8 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	}
 	defer unlock()
 	o.deleted = true
+	d.stopNames(o)
+	d.managed.Delete(o.ID)
 	var errs []error
 	for id := range o.endpoints {
 		errs = append(errs, d.deleteEndpointLocked(o, id))

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"sort"
 	"sync"
@@ -28,6 +29,9 @@ type fakeDataplane struct {
 	// healthHook, when set, runs at the start of every Health call, outside
 	// the fake's lock: a test can hold a reconcile pass there.
 	healthHook func(vni uint32)
+	// dns is where each network's name server listens: on loopback, as the
+	// fake has no namespaces.
+	dns map[uint32]string
 }
 
 func newFakeDataplane() *fakeDataplane {
@@ -35,6 +39,7 @@ func newFakeDataplane() *fakeDataplane {
 		networks: map[uint32]dataplane.NetworkSpec{}, endpoints: map[string]dataplane.EndpointSpec{},
 		peers: map[uint32][]dataplane.Peer{}, flood: map[uint32][]net.IP{},
 		failNext: map[string]error{}, unhealthy: map[uint32]bool{}, deleted: map[uint32]int{},
+		dns: map[uint32]string{},
 	}
 }
 
@@ -44,6 +49,36 @@ func (f *fakeDataplane) fail(method string) error {
 		return err
 	}
 	return nil
+}
+
+// ListenDNS opens the name server's sockets on a free loopback port (the
+// same for UDP and TCP) instead of addr:port in an overlay namespace.
+func (f *fakeDataplane) ListenDNS(vni uint32, addr netip.Addr, port int) (net.PacketConn, net.Listener, error) {
+	if err := f.fail("ListenDNS"); err != nil {
+		return nil, nil, err
+	}
+	for range 20 {
+		pc, err := net.ListenPacket("udp4", "127.0.0.1:0")
+		if err != nil {
+			return nil, nil, err
+		}
+		ln, err := net.Listen("tcp4", pc.LocalAddr().String())
+		if err != nil {
+			pc.Close()
+			continue // the TCP port is taken: try another
+		}
+		f.mu.Lock()
+		f.dns[vni] = pc.LocalAddr().String()
+		f.mu.Unlock()
+		return pc, ln, nil
+	}
+	return nil, nil, errors.New("no free loopback port for UDP and TCP")
+}
+
+func (f *fakeDataplane) dnsAddr(vni uint32) string {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.dns[vni]
 }
 
 func (f *fakeDataplane) EnsureNetwork(s dataplane.NetworkSpec) error {

@@ -23,6 +23,7 @@ const (
 	OptVNI   = "vni"
 	OptMTU   = "mtu"
 	OptFlood = "flood"
+	OptDNS   = "dns"
 )
 
 // networkOptions is what the user asked for, before defaults are applied.
@@ -31,6 +32,7 @@ type networkOptions struct {
 	MTU      int    // 0: use the driver default
 	Flood    bool
 	Internal bool
+	NoDNS    bool
 }
 
 func parseNetworkOptions(opts map[string]interface{}) (networkOptions, error) {
@@ -74,6 +76,12 @@ func parseNetworkOptions(opts map[string]interface{}) (networkOptions, error) {
 				return o, fmt.Errorf("bad -o flood=%q: want true or false", s)
 			}
 			o.Flood = b
+		case OptDNS:
+			b, err := boolValue(val)
+			if err != nil {
+				return o, fmt.Errorf("bad -o dns=%q: want true or false", s)
+			}
+			o.NoDNS = !b
 		case internalOptionKey:
 			// Some Docker versions put --internal among the generic options.
 			b, err := boolValue(val)
@@ -85,7 +93,7 @@ func parseNetworkOptions(opts map[string]interface{}) (networkOptions, error) {
 			if strings.HasPrefix(key, "com.docker.") {
 				continue // Docker's own labels, not for us
 			}
-			return o, fmt.Errorf("unknown option -o %s: vxovl knows %s, %s and %s", key, OptVNI, OptMTU, OptFlood)
+			return o, fmt.Errorf("unknown option -o %s: vxovl knows %s, %s, %s and %s", key, OptVNI, OptMTU, OptFlood, OptDNS)
 		}
 	}
 	return o, nil

@@ -26,9 +26,10 @@ type peerInput struct {
 
 // localEndpoint is what the peer policy needs of a local endpoint.
 type localEndpoint struct {
-	ID  string
-	IP  net.IP
-	MAC net.HardwareAddr
+	ID    string
+	IP    net.IP
+	MAC   net.HardwareAddr
+	Names []string // for the name server
 }
 
 // peerPlan is what one network's static tables should hold.

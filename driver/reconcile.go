@@ -58,6 +58,7 @@ func (d *Driver) restoreLocked() error {
 		o.restored = o.saved
 		d.networks[o.ID] = o
 		d.byVNI[o.VNI] = o
+		d.managed.Store(o.ID, struct{}{})
 	}
 	for _, rec := range eps {
 		o, ok := d.networks[rec.NetworkID]
@@ -171,6 +172,7 @@ func (d *Driver) run(ctx context.Context, restored bool) {
 	for {
 		select {
 		case <-ctx.Done():
+			d.stopAllNames()
 			return
 		case <-d.kick:
 			d.syncDirty()
@@ -317,12 +319,14 @@ func (d *Driver) reconcileAll(reason string) {
 type netSnapshot struct {
 	o     *overlay
 	local []localEndpoint
+	name  string // the network's Docker name, for its name server
+	noDNS bool
 }
 
 func (d *Driver) snapshotLocked(nets map[string]*overlay) []netSnapshot {
 	out := make([]netSnapshot, 0, len(nets))
 	for _, o := range nets {
-		out = append(out, netSnapshot{o: o, local: o.localEndpoints()})
+		out = append(out, netSnapshot{o: o, local: o.localEndpoints(), name: o.Name, noDNS: o.NoDNS})
 	}
 	return out
 }
@@ -362,6 +366,8 @@ func (d *Driver) syncNetworkLocked(n netSnapshot, reason string, repair bool, t 
 		if err := d.dp.Health(spec); err != nil {
 			t.drift++
 			d.log.Warn("overlay damaged; rebuilding", "vni", o.VNI, "problem", err, "reason", reason)
+			// A rebuilt namespace needs new sockets: the server's die with the old one.
+			d.stopNames(o)
 			if err := d.dp.EnsureNetwork(spec); err != nil {
 				t.syncErrors++
 				d.log.Error("rebuilding overlay; will retry", "vni", o.VNI, "err", err)
@@ -381,8 +387,9 @@ func (d *Driver) syncNetworkLocked(n netSnapshot, reason string, repair bool, t 
 		}
 	}
 
+	remote := d.gossip.Endpoints(o.VNI)
 	plan := planPeers(peerInput{
-		Local: n.local, Remote: d.gossip.Endpoints(o.VNI),
+		Local: n.local, Remote: remote,
 		Restored: o.restored, Flood: o.Flood, Reported: o.conflicts,
 	})
 	d.reportConflicts(o.VNI, plan, t)
@@ -399,6 +406,7 @@ func (d *Driver) syncNetworkLocked(n netSnapshot, reason string, repair bool, t 
 			d.log.Debug("programmed peers", syncAttrs(o.VNI, reason, res)...)
 		}
 	}
+	d.serveNames(n, remote, want.peers, t)
 	// Remember what is programmed so a restart can keep it while the cluster
 	// catches up. Only written when it changed.
 	if !samePeers(o.saved, want.peers) {

@@ -26,6 +26,18 @@ type networkRecord struct {
 	MTU      int
 	Flood    bool `json:",omitempty"`
 	Internal bool `json:",omitempty"`
+	// NoDNS turns the network's name server off (-o dns=false).
+	NoDNS bool `json:",omitempty"`
+	// Name is the network's Docker name, learned from the Engine API (a
+	// driver is told only the ID): the zone of its names (name.<network>).
+	Name string `json:",omitempty"`
+}
+
+// definition is what a repeated CreateNetwork must agree on: all but what
+// vxovl learned about the network since.
+func (r networkRecord) definition() networkRecord {
+	r.Name = ""
+	return r
 }
 
 type endpointRecord struct {
@@ -39,6 +51,9 @@ type endpointRecord struct {
 	// that the claim keeps its age against other hosts' claims on the
 	// address. Zero until the first publish.
 	Created uint64 `json:",omitempty"`
+	// Names are the container's DNS names on the network, learned from the
+	// Engine API and announced with the endpoint.
+	Names []string `json:",omitempty"`
 }
 
 type peerRecord struct {

@@ -50,6 +50,10 @@ type Config struct {
 	// /run/vxovl/netns under the plugin's propagated mount, so namespaces
 	// outlive the plugin process).
 	NetnsDir string
+	// DockerSocket is dockerd's Engine API socket, through which vxovl
+	// learns container names (DOCKER_SOCKET, default /run/host/docker.sock:
+	// the plugin's `docker` mount).
+	DockerSocket string
 	// SocketPath is the plugin API socket (SOCKET, default
 	// /run/docker/plugins/vxovl.sock).
 	SocketPath string
@@ -67,6 +71,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		StateDir:          "/var/lib/vxovl",
 		NetnsDir:          "/run/vxovl/netns",
 		SocketPath:        "/run/docker/plugins/vxovl.sock",
+		DockerSocket:      "/run/host/docker.sock",
 	}
 	var errs []string
 	bad := func(name, val, want string) { errs = append(errs, fmt.Sprintf("%s=%q: want %s", name, val, want)) }
@@ -132,7 +137,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 	// the cluster keeps removal records (10 minutes) longer than that.
 	duration("DEAD_TIMEOUT", &c.DeadTimeout, 2*time.Second, 5*time.Minute)
 	duration("RECONCILE_INTERVAL", &c.ReconcileInterval, time.Second, time.Hour)
-	for name, dst := range map[string]*string{"STATE_DIR": &c.StateDir, "NETNS_DIR": &c.NetnsDir, "SOCKET": &c.SocketPath} {
+	for name, dst := range map[string]*string{"STATE_DIR": &c.StateDir, "NETNS_DIR": &c.NetnsDir, "SOCKET": &c.SocketPath, "DOCKER_SOCKET": &c.DockerSocket} {
 		if v := strings.TrimSpace(getenv(name)); v != "" {
 			*dst = v
 		}

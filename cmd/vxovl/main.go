@@ -21,8 +21,10 @@ import (
 	"time"
 
 	"github.com/vxovl/vxovl/cluster"
+	"github.com/vxovl/vxovl/dnsserver"
 	"github.com/vxovl/vxovl/driver"
 	"github.com/vxovl/vxovl/internal/dataplane"
+	"github.com/vxovl/vxovl/internal/engine"
 	"github.com/vxovl/vxovl/internal/store"
 	"github.com/vxovl/vxovl/internal/vxlan"
 	vxipam "github.com/vxovl/vxovl/ipam"
@@ -137,6 +139,7 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 	drv := driver.New(driver.Config{
 		VTEP: vtep, VXLANPort: cfg.VXLANPort, DefaultMTU: mtu,
 		ReconcileInterval: cfg.ReconcileInterval, RestoreGrace: 3 * cfg.DeadTimeout,
+		DNS:    dnsserver.Config{Log: log.With("part", "dns")},
 		Logger: log.With("part", "driver"),
 	}, dp, st)
 
@@ -174,6 +177,15 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 	if err := drv.Start(ctx, cl); err != nil {
 		return fail(err)
 	}
+	// Container names come from dockerd after the state is restored, so
+	// that the watcher's first resync finds every endpoint it reports.
+	watcher, err := engine.New(engine.Config{
+		Socket: cfg.DockerSocket, Managed: drv.Manages, Sink: endpointNames{drv}, Logger: log.With("part", "engine"),
+	})
+	if err != nil {
+		return fail(err)
+	}
+	loops.Go(func() { watcher.Run(ctx) })
 	ipd, err = vxipam.New(vxipam.Config{NodeName: name, Logger: log.With("part", "ipam")}, cl, st)
 	if err != nil {
 		return fail(err)
@@ -195,6 +207,13 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 	})
 	loops.Go(func() { reconcileOnHUP(ctx, drv, log) })
 	return api, cleanup, nil
+}
+
+// endpointNames hands the names the Engine API watcher learns to the driver.
+type endpointNames struct{ drv *driver.Driver }
+
+func (n endpointNames) EndpointNames(u engine.Update) {
+	n.drv.SetNames(u.NetworkID, u.NetworkName, u.EndpointID, u.Names)
 }
 
 const (
