@@ -15,7 +15,7 @@ import (
 
 // attachContainer does what Docker does for a container on join: it makes the
 // endpoint on host h, moves its container end into a fresh namespace, names it
-// eth0, addresses it and brings it up. IPv6 is off in that namespace before
+// eth0, addresses it (ip/24) and brings it up. IPv6 is off in that namespace before
 // the link arrives, so bringing eth0 up sends nothing (no DAD, no MLD): the
 // container stays silent until it sends something itself.
 func attachContainer(t *testing.T, h *testHost, vni uint32, id string, mac net.HardwareAddr, ip net.IP, mtu int) (ctr string) {

@@ -15,34 +15,6 @@ import (
 
 const dnsVNI = 4343
 
-// dnsContainer attaches a container namespace to vni's overlay the way
-// Docker does on join, with address cidr on its eth0, and returns its pin.
-func dnsContainer(t *testing.T, h *testHost, vni uint32, id, mac, cidr string) string {
-	t.Helper()
-	ctr := newNS(t, "c"+id)
-	var name string
-	h.do(func() (err error) {
-		name, err = h.ov.EnsureEndpoint(EndpointSpec{VNI: vni, ID: id, MAC: mustMAC(t, mac)})
-		return err
-	})
-	hostNL := h.host()
-	if err := hostNL.LinkSetNsFd(mustLink(t, hostNL, name), nsFd(t, ctr)); err != nil {
-		t.Fatal(err)
-	}
-	c := nsHandle(t, ctr)
-	eth := mustLink(t, c, name)
-	if err := c.LinkSetName(eth, "eth0"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.AddrAdd(eth, &netlink.Addr{IPNet: mustCIDR(t, cidr)}); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.LinkSetUp(eth); err != nil {
-		t.Fatal(err)
-	}
-	return ctr
-}
-
 // serveTestDNS answers every question on pc and ln with one A record.
 func serveTestDNS(t *testing.T, pc net.PacketConn, ln net.Listener) {
 	t.Helper()
@@ -80,7 +52,7 @@ func TestListenDNS(t *testing.T) {
 	// Served from ordinary goroutines: the sockets stay in the overlay namespace.
 	serveTestDNS(t, pc, ln)
 
-	ctr := dnsContainer(t, h, dnsVNI, "d0c0000000000001", "02:42:0a:0a:00:05", "10.10.0.5/24")
+	ctr := attachContainer(t, h, dnsVNI, "d0c0000000000001", mustMAC(t, "02:42:0a:0a:00:05"), net.ParseIP("10.10.0.5").To4(), 0)
 	for _, netw := range []string{"udp", "tcp"} {
 		r, err := queryIn(ctr, netw, "10.10.0.1:53")
 		if err != nil || len(r.Answer) != 1 || r.Answer[0].(*dns.A).A.String() != "10.10.0.42" {
