@@ -51,21 +51,7 @@ func TestAgainstDockerd(t *testing.T) {
 	web := docker("run", "-d", "--name", "engtest-web", "--hostname", "webhost", "--network", "engtest-a",
 		"--network-alias", "frontend", "vxovl/busybox", "sleep", "600")
 
-	rec := &recorder{}
-	w, err := New(Config{Socket: sock, Managed: ours, Sink: rec, Logger: testLogger(t)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan struct{})
-	go func() {
-		w.Run(ctx)
-		close(done)
-	}()
-	t.Cleanup(func() {
-		cancel()
-		<-done
-	})
+	_, rec := startWatcher(t, sock, func(w *Watcher) { w.cfg.Managed = ours })
 
 	endpoint := func(container, network string) string {
 		return docker("inspect", "-f", "{{(index .NetworkSettings.Networks \""+network+"\").EndpointID}}", container)
