@@ -188,6 +188,11 @@ func (o *overlay) localEndpoints() []localEndpoint {
 	return out
 }
 
+// endpointSpec is what the dataplane makes for ep.
+func (o *overlay) endpointSpec(ep *endpoint) dataplane.EndpointSpec {
+	return dataplane.EndpointSpec{VNI: o.VNI, ID: ep.ID, MAC: ep.mac, MTU: o.MTU}
+}
+
 // clusterNetwork is the definition of o that the cluster compares across hosts.
 func (o *overlay) clusterNetwork() cluster.Network {
 	return cluster.Network{VNI: o.VNI, Subnet: o.Subnet, MTU: o.MTU}
@@ -557,7 +562,7 @@ func (d *Driver) Join(req *network.JoinRequest) (*network.JoinResponse, error) {
 	if err != nil {
 		return nil, err
 	}
-	name, err := d.dp.EnsureEndpoint(dataplane.EndpointSpec{VNI: o.VNI, ID: ep.ID, MAC: ep.mac, MTU: o.MTU})
+	name, err := d.dp.EnsureEndpoint(o.endpointSpec(ep))
 	if err != nil {
 		d.undo("delete veth", d.dp.DeleteEndpoint(o.VNI, ep.ID))
 		return nil, fmt.Errorf("making veth for endpoint %s: %w", short(ep.ID), err)

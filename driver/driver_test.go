@@ -587,6 +587,14 @@ func TestStaleEndpointOfGoneContainer(t *testing.T) {
 	if eps, _ := store.ListJSON[endpointRecord](h2.st, bucketEndpoints); len(eps) != 2 || eps[ep3].ID == "" || eps[ep4].ID == "" {
 		t.Fatalf("stored endpoints after the restart: %v", eps)
 	}
+	// The running container's port is set up again (a port made by an older
+	// vxovl gets today's bridge settings); the one not joined is left alone.
+	if n := h2.dp.ensured[ep3]; n != 2 {
+		t.Fatalf("the running endpoint's port was set up %d times (join and restart), want 2", n)
+	}
+	if n := h2.dp.ensured[ep4]; n != 0 {
+		t.Fatalf("the endpoint not joined got a port at the restart (%d)", n)
+	}
 }
 
 func TestReconcileRepairsDrift(t *testing.T) {

@@ -32,6 +32,8 @@ type fakeDataplane struct {
 	// dns is where each network's name server listens: on loopback, as the
 	// fake has no namespaces.
 	dns map[uint32]string
+	// ensured counts EnsureEndpoint calls per endpoint.
+	ensured map[string]int
 }
 
 func newFakeDataplane() *fakeDataplane {
@@ -39,7 +41,7 @@ func newFakeDataplane() *fakeDataplane {
 		networks: map[uint32]dataplane.NetworkSpec{}, endpoints: map[string]dataplane.EndpointSpec{},
 		peers: map[uint32][]dataplane.Peer{}, flood: map[uint32][]net.IP{},
 		failNext: map[string]error{}, unhealthy: map[uint32]bool{}, deleted: map[uint32]int{},
-		dns: map[uint32]string{},
+		dns: map[uint32]string{}, ensured: map[string]int{},
 	}
 }
 
@@ -145,6 +147,7 @@ func (f *fakeDataplane) EnsureEndpoint(s dataplane.EndpointSpec) (string, error)
 		return "", fmt.Errorf("no network %d", s.VNI)
 	}
 	f.endpoints[s.ID] = s
+	f.ensured[s.ID]++
 	return dataplane.HostIfName(s.ID), nil
 }
 

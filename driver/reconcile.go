@@ -76,7 +76,7 @@ func (d *Driver) restoreLocked() error {
 
 	pinned := d.pinnedVNIs()
 	d.removeLeftoverNamespaces(pinned)
-	d.dropEndpointsOfGoneContainers(pinned)
+	d.restoreEndpoints(pinned)
 
 	for _, o := range d.networks {
 		if err := d.gossip.PublishNetwork(o.clusterNetwork()); err != nil {
@@ -233,12 +233,15 @@ func (d *Driver) syncDirty() {
 	d.syncNetworks(nets, "cluster change", false)
 }
 
-// dropEndpointsOfGoneContainers forgets the joined endpoints whose
-// container went away while vxovl was not running: Docker's Leave and
-// DeleteEndpoint for them found no plugin, and nothing will call them
-// again. Only in namespaces that survived; after a reboot no endpoint has
-// its veth and Docker itself deletes the old ones.
-func (d *Driver) dropEndpointsOfGoneContainers(pinned []uint32) {
+// restoreEndpoints deals with the joined endpoints of the namespaces that
+// survived the restart (after a reboot no endpoint has its veth and Docker
+// itself deletes the old ones). One whose container went away while vxovl
+// was not running is forgotten: Docker's Leave and DeleteEndpoint for it
+// found no plugin, and nothing will call them again. One whose container
+// runs gets its bridge port set up again as Join sets it up (its MAC pinned
+// to the port, no flooding to it), so that ports made by an older vxovl
+// get what this one does.
+func (d *Driver) restoreEndpoints(pinned []uint32) {
 	for _, vni := range pinned {
 		o, ok := d.byVNI[vni]
 		if !ok {
@@ -248,9 +251,15 @@ func (d *Driver) dropEndpointsOfGoneContainers(pinned []uint32) {
 			if !ep.Joined {
 				continue
 			}
-			if detached, err := d.detachedLocked(o, ep); err != nil || !detached {
-				if err != nil {
-					d.log.Warn("keeping an endpoint whose container could not be checked", "endpoint", short(ep.ID), "err", err)
+			detached, err := d.detachedLocked(o, ep)
+			if err != nil {
+				d.log.Warn("keeping an endpoint whose container could not be checked", "endpoint", short(ep.ID), "err", err)
+				continue
+			}
+			if !detached {
+				if _, err := d.dp.EnsureEndpoint(o.endpointSpec(ep)); err != nil {
+					d.log.Warn("setting up the bridge port of a running container again; it keeps working, reached by flooding",
+						"endpoint", short(ep.ID), "err", err)
 				}
 				continue
 			}
