@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Sourced by bench.sh and bench-dns.sh: timing and the summary table, so that every table of
 # `make bench` is computed and printed alike.
 
