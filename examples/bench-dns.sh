@@ -63,7 +63,7 @@ say() { printf '[bench-dns] %s\n' "$*" >&2; }
 # shellcheck source=lab/bench-lib.sh
 . "$HERE/lab/bench-lib.sh"
 # ms A B: B - A in milliseconds, to a tenth (sub rounds to whole ones).
-ms() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.1f", (b - a) * 1000 }'; }
+ms() { awk -v a="$1" -v b="$2" 'BEGIN { v = (b - a) * 1000; printf "%.1f", (v > -0.05 && v < 0.05) ? 0 : v }'; }
 
 WORK=$(mktemp -d) # the pollers' output
 POLLERS=()        # PIDs of the pollers of the current round
