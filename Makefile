@@ -14,7 +14,7 @@ E2E_TIMEOUT ?= 25m
 # Debian/Ubuntu packages the lab, demo and e2e tests run on.
 DEPS := docker.io iproute2 util-linux kmod busybox-static iperf3 docker-registry docker-compose
 
-.PHONY: all build plugin deps test unit e2e vet demo lab-up lab-down clean bench
+.PHONY: all build plugin deps test unit e2e vet demo lab-up lab-down clean bench bench-dns
 
 all: build
 
@@ -73,9 +73,15 @@ demo: deps plugin
 	examples/demo.sh
 
 # Throughput, convergence, docker run and restart figures of vxovl next to the underlay and
-# Docker's native overlay (swarm mode) in a 2-host lab; a few minutes, not part of `test`.
+# Docker's native overlay (swarm mode) in a 2-host lab, then the name service's (bench-dns: how
+# soon a container's name resolves on another host, and stops resolving after its removal);
+# a few minutes, not part of `test`.
 bench: deps plugin
 	examples/bench.sh
+	examples/bench-dns.sh
+
+bench-dns: deps plugin
+	examples/bench-dns.sh
 
 lab-up: deps plugin
 	examples/lab/lab.sh up $(N)

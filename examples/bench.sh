@@ -36,12 +36,10 @@ esac
 
 h() { "$LAB" docker "$@"; }
 say() { printf '[bench] %s\n' "$*" >&2; }
-now() { echo "$EPOCHREALTIME"; }
-sub() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", b - a }'; }
-# stats V...: "median min max" of numbers.
-stats() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { printf "%s %s %s", v[int((NR + 1) / 2)], v[1], v[NR] }'; }
 # shellcheck source=lab/wait.sh
 . "$HERE/lab/wait.sh"
+# shellcheck source=lab/bench-lib.sh
+. "$HERE/lab/bench-lib.sh"
 
 teardown() {
 	local rc=$?
@@ -219,7 +217,6 @@ NAT_ID=$(h $A network inspect -f '{{.Id}}' nat | cut -c1-10)
 DEV_NAT=$(for ns in "$LAB_DIR/h$A"/exec/netns/1-"$NAT_ID"*; do [ -e "$ns" ] && vxdev "$ns"; done | head -1)
 
 # ---------------------------------------------------------------------------------------------
-row() { printf '%-48s %10s %10s %10s  %s\n' "$@"; }
 # shellcheck disable=SC2046
 {
 	echo

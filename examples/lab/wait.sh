@@ -1,4 +1,4 @@
-# Sourced by lab.sh and bench.sh.
+# Sourced by lab.sh, bench.sh and bench-dns.sh.
 
 # wait_until SECONDS CMD...: poll CMD until it succeeds or the deadline passes.
 wait_until() {
