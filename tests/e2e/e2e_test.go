@@ -260,8 +260,10 @@ func composeExample(t *testing.T, l *Lab) {
 	t.Logf("nslookup echo from host 2 through Docker's embedded DNS: %v (%v); both echo: %v", nslookupAddrs(out), err, echoes)
 
 	for i := 2; i >= 1; i-- {
+		start := time.Now()
 		l.MustCompose(t, i, "-f", file, "-p", project, "--profile", profiles[i], "down")
 		up[i] = false
+		t.Logf("compose down on host %d: %v", i, time.Since(start).Round(10*time.Millisecond))
 	}
 	for i := 1; i <= 2; i++ {
 		if left := l.MustDocker(t, i, "ps", "-aq", "--filter", "label=com.docker.compose.project="+project); left != "" {
