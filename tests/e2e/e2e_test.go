@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"fmt"
+	"net/netip"
 	"os"
 	"slices"
 	"strings"
@@ -199,8 +200,9 @@ func sorted(s []string) []string {
 	return c
 }
 
-// examples/compose works as documented: docker-compose 1.29 on two hosts, one profile each,
-// and the client on host 2 reaches the server on host 1.
+// examples/compose works as documented: docker-compose 1.29 on two hosts, one profile each;
+// the client on host 2 reaches web on host 1 by its service name, and "echo" names the echo
+// containers of both hosts.
 func TestComposeExample(t *testing.T) {
 	l := Up(t, 2)
 	for i := 1; i <= 2; i++ {
@@ -210,17 +212,69 @@ func TestComposeExample(t *testing.T) {
 }
 
 // composeExample is TestComposeExample's scenario in a 2-host lab with vxovl installed and
-// peered, with the lab's compose (v1 on Docker 20, v2 on Docker 26).
+// peered, with the lab's compose (v1 on Docker 20, v2 on Docker 26): host 1 runs profile a (web,
+// echo), host 2 profile b (echo, client). Compose down on both hosts leaves no container,
+// network or overlay of the example.
 func composeExample(t *testing.T, l *Lab) {
 	t.Helper()
+	const project, network = "vxdemo", "vxapp"
 	file := RepoRoot() + "/examples/compose/docker-compose.yml"
-	l.MustCompose(t, 1, "-f", file, "-p", "vxdemo", "--profile", "a", "up", "-d")
-	l.MustCompose(t, 2, "-f", file, "-p", "vxdemo", "--profile", "b", "up", "-d")
-	client := l.ComposeContainer(t, 2, "vxdemo", "client")
-	poll.Until(t, 30*time.Second, "compose client on host 2 pings the server on host 1", func() (bool, string) {
-		out, err := l.Docker(t, 2, "exec", client, "ping", "-c1", "-W1", "10.220.0.10")
-		return err == nil, out
+	profiles := map[int]string{1: "a", 2: "b"}
+	overlays := map[int]int{}
+	for i := 1; i <= 2; i++ {
+		overlays[i] = len(l.Overlays(t, i))
+	}
+	up := map[int]bool{}
+	t.Cleanup(func() { // after a failure: the next scenario in this lab must not trip over the example
+		for i := 2; i >= 1; i-- {
+			if up[i] {
+				_, _ = l.Compose(t, i, "-f", file, "-p", project, "--profile", profiles[i], "down")
+			}
+		}
 	})
-	l.MustCompose(t, 2, "-f", file, "-p", "vxdemo", "--profile", "b", "down")
-	l.MustCompose(t, 1, "-f", file, "-p", "vxdemo", "--profile", "a", "down")
+	for i := 1; i <= 2; i++ {
+		up[i] = true
+		l.MustCompose(t, i, "-f", file, "-p", project, "--profile", profiles[i], "up", "-d")
+	}
+
+	client := l.ComposeContainer(t, 2, project, "client")
+	took := poll.Until(t, 30*time.Second, "the compose client on host 2 fetches http://web/ (host 1)", func() (bool, string) {
+		out, err := l.Docker(t, 2, "exec", client, "timeout", "3", "wget", "-qO-", "http://web/")
+		return err == nil && strings.HasPrefix(out, "hello from web on "), fmt.Sprintf("%v: %q", err, out)
+	})
+	t.Logf("client on host 2 fetched http://web/ from host 1 after %v", took.Round(time.Millisecond))
+
+	var echoes []netip.Addr
+	for i := 1; i <= 2; i++ {
+		echoes = append(echoes, netip.MustParseAddr(l.ContainerIP(t, i, l.ComposeContainer(t, i, project, "echo"), network)))
+	}
+	slices.SortFunc(echoes, netip.Addr.Compare)
+	// Asked of the gateway, as the example's client does: Docker's embedded DNS answers a name
+	// its own host has by itself, with this host's echo only.
+	poll.Until(t, 15*time.Second, "nslookup echo 10.220.0.1 from host 2 names both hosts' echo", func() (bool, string) {
+		out, err := l.Docker(t, 2, "exec", client, "nslookup", "echo", "10.220.0.1")
+		got := nslookupAddrs(out)
+		return err == nil && slices.Equal(got, echoes), fmt.Sprintf("%v, want %v (%v):\n%s", got, echoes, err, out)
+	})
+	out, err := l.Docker(t, 2, "exec", client, "nslookup", "echo")
+	t.Logf("nslookup echo from host 2 through Docker's embedded DNS: %v (%v); both echo: %v", nslookupAddrs(out), err, echoes)
+
+	for i := 2; i >= 1; i-- {
+		start := time.Now()
+		l.MustCompose(t, i, "-f", file, "-p", project, "--profile", profiles[i], "down")
+		up[i] = false
+		t.Logf("compose down on host %d: %v", i, time.Since(start).Round(10*time.Millisecond))
+	}
+	for i := 1; i <= 2; i++ {
+		if left := l.MustDocker(t, i, "ps", "-aq", "--filter", "label=com.docker.compose.project="+project); left != "" {
+			t.Errorf("host %d: compose down left containers %s", i, left)
+		}
+		if left := l.MustDocker(t, i, "network", "ls", "-q", "--filter", "name=^"+network+"$"); left != "" {
+			t.Errorf("host %d: compose down left network %s (%s)", i, network, left)
+		}
+		poll.Until(t, 10*time.Second, fmt.Sprintf("host %d: the example's overlay gone", i), func() (bool, string) {
+			o := l.Overlays(t, i)
+			return len(o) == overlays[i], fmt.Sprintf("overlay namespaces %v, %d before the example", o, overlays[i])
+		})
+	}
 }
