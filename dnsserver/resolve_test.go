@@ -33,6 +33,10 @@ func TestResolve(t *testing.T) {
 		{q("api.app.", dns.TypeA), answer, []string{"api.app.\t7\tIN\tA\t10.10.0.2", "api.app.\t7\tIN\tA\t10.10.0.3"}},
 		{q("api.", dns.TypeANY), answer, []string{"api.\t7\tIN\tA\t10.10.0.2", "api.\t7\tIN\tA\t10.10.0.3"}},
 		{dns.Question{Name: "web.", Qtype: dns.TypeA, Qclass: dns.ClassANY}, answer, []string{"web.\t7\tIN\tA\t10.10.0.2"}},
+		// tasks.<name>: every holder, for clients whose own host holds the name.
+		{q("tasks.api.", dns.TypeA), answer, []string{"tasks.api.\t7\tIN\tA\t10.10.0.2", "tasks.api.\t7\tIN\tA\t10.10.0.3"}},
+		{q("tasks.nope.app.", dns.TypeA), nxdomain, nil},
+		{q("tasks.nope.", dns.TypeA), forward, nil},
 		// Known names without data of the type: an empty answer, not NXDOMAIN,
 		// or a resolver asking AAAA first would give up on the name.
 		{q("web.", dns.TypeAAAA), answer, nil},

@@ -98,9 +98,27 @@ func canonical(name string) string {
 	return strings.ToLower(strings.TrimSuffix(name, ".")) // ToLower does not allocate for lower-case input
 }
 
+// tasksPrefix asks for every container holding a name, as swarm's
+// tasks.<service> does. Docker's embedded DNS answers a name that a
+// container of its own host holds by itself, with that host's holders only;
+// it has no tasks.<name> records outside swarm and forwards those here, so
+// tasks.<name> reaches every holder on every host from any host.
+const tasksPrefix = "tasks."
+
 // bare returns the table's key for name: the name itself if some container
-// has it, else name without the zone suffix.
+// has it, else name without the zone suffix, else either of those without
+// the tasks. prefix.
 func (t *Table) bare(name string) (string, bool) {
+	if b, ok := t.key(name); ok {
+		return b, true
+	}
+	if rest, ok := strings.CutPrefix(name, tasksPrefix); ok {
+		return t.key(rest)
+	}
+	return "", false
+}
+
+func (t *Table) key(name string) (string, bool) {
 	if _, ok := t.addrs[name]; ok {
 		return name, true
 	}

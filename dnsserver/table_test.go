@@ -58,6 +58,12 @@ func TestTableLookup(t *testing.T) {
 		{"nope", nil},
 		{"nope.app", nil},
 		{"web.other", nil},
+		{"tasks.api", addrs("10.10.0.2", "10.10.0.3")}, // every holder, as swarm's tasks.<service>
+		{"tasks.api.app", addrs("10.10.0.2", "10.10.0.3")},
+		{"TASKS.web.", addrs("10.10.0.2")},
+		{"tasks.nope", nil},
+		{"tasks.", nil},
+		{"tasks.tasks.api", nil},
 		{"app", nil},
 		{"", nil},
 		{".app", nil},
