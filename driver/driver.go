@@ -16,6 +16,7 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/docker/go-plugins-helpers/network"
@@ -171,6 +172,9 @@ type overlay struct {
 	conflicts map[string]string
 	// names is the network's name server; nil while none runs.
 	names *dnsserver.Server
+	// shown is the last table a sync programmed, for Networks, which must
+	// not wait for syncMu (a sync holds it across kernel calls).
+	shown atomic.Pointer[peerTable]
 }
 
 type endpoint struct {

@@ -217,3 +217,37 @@ func TestNameServerRetried(t *testing.T) {
 	}
 	h.answers(42, "web", "10.10.0.2")
 }
+
+func TestNetworks(t *testing.T) {
+	h := namesHarness(t, filepath.Join(t.TempDir(), "state.db"))
+	h.createNetwork(map[string]interface{}{"vni": "42", "flood": "true"})
+	h.createEndpoint(epID, "10.10.0.2/24")
+	h.drv.SetNames(netID, "app", epID, []string{"web"})
+	h.g.setRemote(42,
+		cluster.Endpoint{VNI: 42, ID: "r1", IP: net.ParseIP("10.10.0.3").To4(), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 9},
+			Node: "b", VTEP: net.ParseIP("10.98.0.2").To4(), Names: []string{"db"}},
+		// claims the local endpoint's address: listed, not programmed, counted
+		cluster.Endpoint{VNI: 42, ID: "r2", IP: net.ParseIP("10.10.0.2").To4(), MAC: net.HardwareAddr{2, 0, 0, 0, 0, 10},
+			Node: "c", VTEP: net.ParseIP("10.98.0.3").To4()},
+	)
+	h.drv.EndpointsChanged(42)
+	var got []NetworkStatus
+	poll.True(t, 5*time.Second, "the remote endpoint programmed and shown", func() bool {
+		got = h.drv.Networks()
+		return len(got) == 1 && got[0].Neighbors == 1
+	})
+	n := got[0]
+	if n.Name != "app" || n.VNI != 42 || n.Subnet != "10.10.0.0/24" || n.Gateway != "10.10.0.1" || !n.Flood || !n.DNS {
+		t.Fatalf("network: %+v", n)
+	}
+	if len(n.Local) != 1 || n.Local[0].IP != "10.10.0.2" || !slices.Equal(n.Local[0].Names, []string{"web"}) || n.Local[0].Node != "" {
+		t.Fatalf("local endpoints: %+v", n.Local)
+	}
+	if len(n.Remote) != 2 || n.Remote[0].IP != "10.10.0.2" || n.Remote[1].Node != "b" || n.Remote[1].VTEP != "10.98.0.2" ||
+		n.Remote[1].MAC != "02:00:00:00:00:09" || !slices.Equal(n.Remote[1].Names, []string{"db"}) {
+		t.Fatalf("remote endpoints: %+v", n.Remote)
+	}
+	if n.Neighbors != 1 || n.FDB != 1 || n.FloodEntries != 1 || n.Conflicts != 1 {
+		t.Fatalf("programmed: %d neighbors, %d FDB, %d flood, %d conflicts; want 1 each", n.Neighbors, n.FDB, n.FloodEntries, n.Conflicts)
+	}
+}

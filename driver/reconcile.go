@@ -403,7 +403,7 @@ func (d *Driver) syncNetworkLocked(n netSnapshot, reason string, repair bool, t 
 	})
 	d.reportConflicts(o.VNI, plan, t)
 	o.conflicts = plan.Conflicts
-	want := &peerTable{peers: plan.Peers, flood: plan.Flood}
+	want := &peerTable{peers: plan.Peers, flood: plan.Flood, conflicts: len(plan.Conflicts)}
 	if !repair || !o.programmed.equal(want) {
 		res, err := d.dp.SyncPeers(o.VNI, want.peers, want.flood)
 		if err != nil {
@@ -415,6 +415,7 @@ func (d *Driver) syncNetworkLocked(n netSnapshot, reason string, repair bool, t 
 			d.log.Debug("programmed peers", syncAttrs(o.VNI, reason, res)...)
 		}
 	}
+	o.shown.Store(want)
 	d.serveNames(n, remote, want.peers, t)
 	// Remember what is programmed so a restart can keep it while the cluster
 	// catches up. Only written when it changed.

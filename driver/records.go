@@ -131,6 +131,8 @@ func samePeers(a, b []dataplane.Peer) bool {
 type peerTable struct {
 	peers []dataplane.Peer
 	flood []net.IP
+	// conflicts counts the remote endpoints the plan left out, for the status.
+	conflicts int
 }
 
 // equal reports whether t and u are the same tables; a nil table is unknown
