@@ -3,6 +3,8 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -25,6 +27,8 @@ const (
 	runLatFirstIP    = 200  // remote endpoints are .200-.219 of each subnet; Docker's IPAM starts at .2
 	runLatMTU        = 1450 // the lab underlay's 1500 less VXLAN's 50, set on both sides explicitly
 	runLatVNIBase    = 15000
+	// runLatBusy is the "interval" of passes run back to back on demand.
+	runLatBusy = "busy"
 )
 
 // TestRunLatency measures the wall time of `docker run -d --network netK` on a host with 50
@@ -33,11 +37,16 @@ const (
 // driver lock through every network's health check and peer sync, so CreateEndpoint and Join,
 // and with them docker run, waited for the whole pass.
 //
+// Next to each run's wall time it samples GET /vxovl/state every 50 ms, which waits for nothing
+// but the driver lock: it shows the lock itself, without the noise of starting containers.
+//
 // It runs only with VXOVL_BENCH=1 (make bench-run-latency) and reports, it does not assert:
 //
 //	VXOVL_RUNLAT_PLUGINS   label=TREE,... source trees whose build/plugin to measure (make plugin
 //	                       in each; relative to the repository), alternated; default main=.
-//	VXOVL_RUNLAT_INTERVALS RECONCILE_INTERVAL values, default 1s,1h
+//	VXOVL_RUNLAT_INTERVALS RECONCILE_INTERVAL values, default 1s,1h,busy; busy is 1h with
+//	                       on-demand passes back to back (POST /vxovl/reconcile) during the runs,
+//	                       as cluster churn can cause: the worst case of the old lock
 //	VXOVL_RUNLAT_ROUNDS    times to measure every plugin and interval (default 1)
 //	VXOVL_RUNLAT_RUNS      docker runs per measurement (default 30), over as many networks
 //
@@ -47,7 +56,7 @@ const (
 func TestRunLatency(t *testing.T) {
 	RequireBench(t)
 	trees := runLatTrees(t)
-	intervals := strings.Split(envOr("VXOVL_RUNLAT_INTERVALS", "1s,1h"), ",")
+	intervals := strings.Split(envOr("VXOVL_RUNLAT_INTERVALS", "1s,1h,"+runLatBusy), ",")
 	rounds := runLatInt(t, "VXOVL_RUNLAT_ROUNDS", 1, 1, 20)
 	runs := runLatInt(t, "VXOVL_RUNLAT_RUNS", 30, 1, runLatNetworks-1)
 
@@ -81,9 +90,10 @@ func TestRunLatency(t *testing.T) {
 			for _, tree := range order {
 				res := measureRunLatency(t, l, tree, bins[tree.Label], fakeAddr, interval, nets, remotes, runs)
 				res.Round = round
-				t.Logf("%s RECONCILE_INTERVAL=%s round %d: p50 %s p90 %s max %s ms; %d passes in %v (a pass %s ms); load %.1f-%.1f",
+				t.Logf("%s RECONCILE_INTERVAL=%s round %d: p50 %s p90 %s max %s ms; %d passes in %v (a pass %s ms); GET /vxovl/state %s ms; load %.1f-%.1f",
 					tree.Label, interval, round, ms(Percentile(res.Lat, 50)), ms(Percentile(res.Lat, 90)),
-					ms(Percentile(res.Lat, 100)), res.Passes, res.Elapsed.Round(time.Second), ms(res.Pass), res.Load[0], res.Load[1])
+					ms(Percentile(res.Lat, 100)), res.Passes, res.Elapsed.Round(time.Second), ms(res.Pass),
+					stateLatency(res.State), res.Load[0], res.Load[1])
 				results = append(results, res)
 			}
 		}
@@ -103,6 +113,9 @@ type runLatResult struct {
 	Create          time.Duration   // creating the 50 networks
 	Program         time.Duration   // from the last network to all 1,000 neighbor entries
 	Pass            time.Duration   // median of on-demand passes (POST /vxovl/reconcile) after the runs
+	// State is the latency of GET /vxovl/state, sampled every 50 ms during the runs: it takes the
+	// driver lock and nothing slow, so it shows how long the lock was held by others.
+	State []time.Duration
 }
 
 func measureRunLatency(t *testing.T, l *Lab, tree PluginTree, bin, fakeAddr, interval string,
@@ -111,7 +124,11 @@ func measureRunLatency(t *testing.T, l *Lab, tree PluginTree, bin, fakeAddr, int
 	res := runLatResult{Label: tree.Label, Interval: interval}
 	fake := l.StartFakeMember(t, bin, fakeAddr, l.Addr(1), runLatMTU, runLatRemotesPer, runLatFirstIP, nets)
 	defer fake.Stop(t)
-	l.InstallPluginTree(t, 1, tree, "PEERS="+fakeAddr, "RECONCILE_INTERVAL="+interval)
+	reconcileInterval := interval
+	if interval == runLatBusy {
+		reconcileInterval = "1h"
+	}
+	l.InstallPluginTree(t, 1, tree, "PEERS="+fakeAddr, "RECONCILE_INTERVAL="+reconcileInterval)
 	// Clean-ups log rather than fail: after a failure, lab down removes what they could not.
 	defer l.cleanUp(t, "plugin", "disable", "-f", PluginName)
 
@@ -148,6 +165,11 @@ func measureRunLatency(t *testing.T, l *Lab, tree PluginTree, bin, fakeAddr, int
 	run("rl-warm", names[len(names)-1])
 
 	before := l.pluginState(t, 1).Driver.Reconciles
+	stopPasses := func() {}
+	if interval == runLatBusy {
+		stopPasses = l.passesBackToBack(t, 1)
+	}
+	stopSampling := l.sampleState(t, 1, 50*time.Millisecond)
 	res.Load[0] = LoadAvg()
 	start = time.Now()
 	for i := range runs {
@@ -155,6 +177,8 @@ func measureRunLatency(t *testing.T, l *Lab, tree PluginTree, bin, fakeAddr, int
 	}
 	res.Elapsed = time.Since(start)
 	res.Load[1] = LoadAvg()
+	res.State = stopSampling()
+	stopPasses()
 	res.Passes = l.pluginState(t, 1).Driver.Reconciles - before
 	// How long a whole pass takes here: what a run could wait for when a pass held the lock.
 	var passes []time.Duration
@@ -165,6 +189,88 @@ func measureRunLatency(t *testing.T, l *Lab, tree PluginTree, bin, fakeAddr, int
 	}
 	res.Pass = Percentile(passes, 50)
 	return res
+}
+
+// passesBackToBack asks host i's plugin for one reconcile pass after another until the returned
+// function is called, which fails the test if a pass request failed.
+func (l *Lab) passesBackToBack(t testing.TB, i int) (stop func()) {
+	t.Helper()
+	client := pluginClient(l.pluginPID(t, i))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		for ctx.Err() == nil {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodPost, "http://vxovl/vxovl/reconcile", nil)
+			resp, err := client.Do(req)
+			if err != nil {
+				if ctx.Err() == nil {
+					done <- err
+					return
+				}
+				break
+			}
+			_ = resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				done <- fmt.Errorf("POST /vxovl/reconcile: %s", resp.Status)
+				return
+			}
+		}
+		done <- nil
+	}()
+	return func() {
+		t.Helper()
+		cancel()
+		if err := <-done; err != nil {
+			t.Fatalf("host %d: passes back to back: %v", i, err)
+		}
+	}
+}
+
+// sampleState times GET /vxovl/state on host i's plugin every period until the returned function
+// is called, which returns the latencies (and fails the test if a request failed).
+func (l *Lab) sampleState(t testing.TB, i int, period time.Duration) (stop func() []time.Duration) {
+	t.Helper()
+	client := pluginClient(l.pluginPID(t, i))
+	ctx, cancel := context.WithCancel(context.Background())
+	type result struct {
+		lat []time.Duration
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		var r result
+		tick := time.NewTicker(period)
+		defer tick.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				done <- r
+				return
+			case <-tick.C:
+			}
+			start := time.Now()
+			resp, err := client.Get("http://vxovl/vxovl/state")
+			if err == nil {
+				_, err = io.Copy(io.Discard, resp.Body)
+				_ = resp.Body.Close()
+			}
+			if err != nil {
+				r.err = err
+				done <- r
+				return
+			}
+			r.lat = append(r.lat, time.Since(start))
+		}
+	}()
+	return func() []time.Duration {
+		t.Helper()
+		cancel()
+		r := <-done
+		if r.err != nil {
+			t.Fatalf("host %d: sampling GET /vxovl/state: %v", i, r.err)
+		}
+		return r.lat
+	}
 }
 
 // cleanUp runs a clean-up docker command on host 1 and logs its failure.
@@ -196,26 +302,28 @@ func (l *Lab) timeDockerRun(i int, name, network string) (time.Duration, error) 
 func runLatTable(trees []PluginTree, intervals []string, results []runLatResult) string {
 	var b strings.Builder
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "plugin\tinterval\tround\truns\tp50 ms\tp90 ms\tmax ms\tpasses/s\tpass ms\tload\t50 creates s\tprogram s\t")
+	fmt.Fprintln(w, "plugin\tinterval\tround\truns\tp50 ms\tp90 ms\tmax ms\tpasses/s\tpass ms\tstate p50/p99/max ms\tload\t50 creates s\tprogram s\t")
 	for _, r := range results {
-		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%.2f\t%s\t%.1f-%.1f\t%.1f\t%.1f\t\n", r.Label, r.Interval, r.Round,
+		fmt.Fprintf(w, "%s\t%s\t%d\t%d\t%s\t%s\t%s\t%.2f\t%s\t%s\t%.1f-%.1f\t%.1f\t%.1f\t\n", r.Label, r.Interval, r.Round,
 			len(r.Lat), ms(Percentile(r.Lat, 50)), ms(Percentile(r.Lat, 90)), ms(Percentile(r.Lat, 100)),
-			float64(r.Passes)/r.Elapsed.Seconds(), ms(r.Pass), r.Load[0], r.Load[1], r.Create.Seconds(), r.Program.Seconds())
+			float64(r.Passes)/r.Elapsed.Seconds(), ms(r.Pass), stateLatency(r.State), r.Load[0], r.Load[1], r.Create.Seconds(), r.Program.Seconds())
 	}
 	for _, interval := range intervals {
 		for _, tree := range trees {
-			var all []time.Duration
+			var all, state []time.Duration
 			var passes uint64
 			var elapsed time.Duration
 			for _, r := range results {
 				if r.Label == tree.Label && r.Interval == interval {
 					all = append(all, r.Lat...)
+					state = append(state, r.State...)
 					passes += r.Passes
 					elapsed += r.Elapsed
 				}
 			}
-			fmt.Fprintf(w, "%s\t%s\tall\t%d\t%s\t%s\t%s\t%.2f\t\t\t\t\t\n", tree.Label, interval, len(all),
-				ms(Percentile(all, 50)), ms(Percentile(all, 90)), ms(Percentile(all, 100)), float64(passes)/elapsed.Seconds())
+			fmt.Fprintf(w, "%s\t%s\tall\t%d\t%s\t%s\t%s\t%.2f\t\t%s\t\t\t\t\n", tree.Label, interval, len(all),
+				ms(Percentile(all, 50)), ms(Percentile(all, 90)), ms(Percentile(all, 100)), float64(passes)/elapsed.Seconds(),
+				stateLatency(state))
 		}
 	}
 	w.Flush()
@@ -223,6 +331,12 @@ func runLatTable(trees []PluginTree, intervals []string, results []runLatResult)
 }
 
 func ms(d time.Duration) string { return strconv.FormatInt(d.Milliseconds(), 10) }
+
+// stateLatency is "p50/p99/max" of GET /vxovl/state latencies in milliseconds, to 0.1 ms.
+func stateLatency(ds []time.Duration) string {
+	f := func(p float64) string { return strconv.FormatFloat(float64(Percentile(ds, p))/1e6, 'f', 1, 64) }
+	return f(50) + "/" + f(99) + "/" + f(100)
+}
 
 // runLatTrees reads VXOVL_RUNLAT_PLUGINS (label=TREE,...; default main=the repository).
 func runLatTrees(t *testing.T) []PluginTree {
