@@ -107,25 +107,27 @@ func (l *Lab) RemovePlugin(t testing.TB, i int) {
 }
 
 // BuildFakeMember builds tests/e2e/fakemember against tree's own cluster package (the record
-// format must be the plugin's) into dir, and returns the binary's path. The source is copied
-// into the tree's build/ directory, which make plugin owns and git ignores.
+// format must be the plugin's) into dir, and returns the binary's path. The source goes into the
+// tree's build/ directory (git ignores it) for the build only, under a name that ./... patterns
+// skip (a leading underscore), so nothing else in that tree compiles it.
 func BuildFakeMember(t testing.TB, tree PluginTree, dir string) string {
 	t.Helper()
 	src, err := os.ReadFile(filepath.Join(RepoRoot(), "tests", "e2e", "fakemember", "main.go"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	pkg := filepath.Join(tree.Dir, "build", "fakemember")
+	pkg := filepath.Join(tree.Dir, "build", "_fakemember")
 	if err := os.MkdirAll(pkg, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	defer os.RemoveAll(pkg)
 	if err := os.WriteFile(filepath.Join(pkg, "main.go"), src, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	bin := filepath.Join(dir, "fakemember-"+tree.Label)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./build/fakemember")
+	cmd := exec.CommandContext(ctx, "go", "build", "-o", bin, "./build/_fakemember")
 	cmd.Dir = tree.Dir
 	cmd.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := cmd.CombinedOutput(); err != nil {
