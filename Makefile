@@ -83,9 +83,10 @@ bench: deps plugin
 bench-dns: deps plugin
 	examples/bench-dns.sh
 
-# docker run latency on a lab host with 50 networks and 1,000 remote endpoints, reconcile passes
-# every second against none (issue 9); minutes, not part of `test`. To compare builds, make plugin
-# in each tree and name them: VXOVL_RUNLAT_PLUGINS=old=/path/to/old,main=. (see TestRunLatency).
+# docker run latency on a lab host with 50 networks and 1,000 remote endpoints, with reconcile
+# passes every second, none, and back to back (issue 9); minutes, not part of `test`. To compare
+# builds, make plugin in each tree and name them: VXOVL_RUNLAT_PLUGINS=old=/path/to/old,main=.
+# (see TestRunLatency).
 bench-run-latency: deps plugin
 	VXOVL_E2E=1 VXOVL_BENCH=1 $(GO) test -count=1 -v -timeout 60m -run '^TestRunLatency$$' ./tests/e2e/
 
