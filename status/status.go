@@ -9,6 +9,7 @@ package status
 import (
 	"fmt"
 	"net"
+	"net/netip"
 	"slices"
 	"strings"
 	"time"
@@ -210,7 +211,7 @@ func Build(s Snapshot) Status {
 			owned[ep.Node]++
 		}
 		owned[s.Host.Node] += len(n.Local)
-		slices.SortStableFunc(nw.Endpoints, func(a, b Endpoint) int { return compareIPs(a.IP, b.IP) })
+		sortByIP(nw.Endpoints)
 		st.Networks = append(st.Networks, nw)
 	}
 	slices.SortStableFunc(st.Networks, func(a, b Network) int {
@@ -274,19 +275,33 @@ func nonNil[T any](s []T) []T {
 	return s
 }
 
-// compareIPs orders addresses numerically; text that is no address sorts
-// after them, as text.
-func compareIPs(a, b string) int {
-	ia, ib := net.ParseIP(a).To16(), net.ParseIP(b).To16()
-	switch {
-	case ia != nil && ib != nil:
-		return strings.Compare(string(ia), string(ib))
-	case ia != nil:
-		return -1
-	case ib != nil:
-		return 1
+// sortByIP orders endpoints by address, numerically; text that is no
+// address sorts after them, as text. Each address is parsed once: a
+// network may have thousands.
+func sortByIP(eps []Endpoint) {
+	type keyed struct {
+		addr netip.Addr // invalid for text that is no address
+		ep   Endpoint
 	}
-	return strings.Compare(a, b)
+	ks := make([]keyed, len(eps))
+	for i, ep := range eps {
+		addr, _ := netip.ParseAddr(ep.IP)
+		ks[i] = keyed{addr: addr.Unmap(), ep: ep}
+	}
+	slices.SortStableFunc(ks, func(a, b keyed) int {
+		switch av, bv := a.addr.IsValid(), b.addr.IsValid(); {
+		case av && bv:
+			return a.addr.Compare(b.addr)
+		case av:
+			return -1
+		case bv:
+			return 1
+		}
+		return strings.Compare(a.ep.IP, b.ep.IP)
+	})
+	for i, k := range ks {
+		eps[i] = k.ep
+	}
 }
 
 func ipString(ip net.IP) string {

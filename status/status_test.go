@@ -229,3 +229,19 @@ func TestSourceReadsEveryPart(t *testing.T) {
 		t.Fatalf("Source.Status:\n got %+v\nwant %+v", got, want)
 	}
 }
+
+func TestSortByIP(t *testing.T) {
+	var eps []Endpoint
+	for _, ip := range []string{"10.0.0.10", "", "x", "10.0.0.9", "fd00::2", "::ffff:10.0.0.8", "fd00::10", "a"} {
+		eps = append(eps, Endpoint{IP: ip})
+	}
+	sortByIP(eps)
+	var got []string
+	for _, ep := range eps {
+		got = append(got, ep.IP)
+	}
+	want := []string{"::ffff:10.0.0.8", "10.0.0.9", "10.0.0.10", "fd00::2", "fd00::10", "", "a", "x"}
+	if !reflect.DeepEqual(got, want) {
+		t.Fatalf("sortByIP: got %q, want %q", got, want)
+	}
+}
