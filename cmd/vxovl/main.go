@@ -28,9 +28,13 @@ import (
 	"github.com/vxovl/vxovl/internal/store"
 	"github.com/vxovl/vxovl/internal/vxlan"
 	vxipam "github.com/vxovl/vxovl/ipam"
+	"github.com/vxovl/vxovl/status"
 )
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "status" {
+		os.Exit(statusCommand(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	cfg, cfgErr := configFromEnv(os.Getenv)
 	// stdout: dockerd tags every line a managed plugin writes to stderr as
 	// level=error, which would drown real errors.
@@ -191,6 +195,11 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 		return fail(err)
 	}
 	api := newAPI(drv, ipd, log.With("part", "api"))
+	// The same source serves /, /status.json and /vxovl/status. METRICS_ADDR
+	// (observe.go) registers statusRoutes(mux, src) on its server's mux and
+	// passes cfg.MetricsAddr here instead of "".
+	src := status.Source{Host: hostStatus(cfg, name, vtep, mtu, ""), Driver: drv, Cluster: cl, IPAM: ipd}
+	pluginStatusRoute(api.mux, src)
 	api.mux.HandleFunc("/vxovl/state", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{
 			"node": name, "vtep": vtep.String(), "driver": drv.Stats(), "ipam": ipd.Stats(), "cluster": cl.Stats(), "members": cl.Members(),
