@@ -59,6 +59,7 @@ type Cluster struct {
 
 	received, malformedRecs, malformedMsgs, decrypts atomic.Uint64
 	directSent, directRecv, directDropped            atomic.Uint64
+	traffic                                          traffic
 
 	stop     chan struct{}
 	wg       sync.WaitGroup
@@ -82,7 +83,7 @@ func New(cfg Config, h Handler) (*Cluster, error) {
 		c.log.Warn("control plane is UNAUTHENTICATED: anyone who can reach the gossip port can inject endpoints; set a SecretKey",
 			"port", cfg.BindPort)
 	}
-	ml, err := memberlist.Create(mc)
+	ml, err := c.createMemberlist(mc)
 	if err != nil {
 		return nil, fmt.Errorf("start gossip on %s:%d: %w (is the port in use?)", cfg.BindAddr, cfg.BindPort, err)
 	}
