@@ -74,6 +74,8 @@ type Config struct {
 	// DNSPort is the name servers' port. Default DNSPort (53).
 	DNSPort int
 	Logger  *slog.Logger
+	// Observer, when set, is told how long syncs and reconcile passes take.
+	Observer Observer
 }
 
 func (c *Config) setDefaults() {

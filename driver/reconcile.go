@@ -301,6 +301,9 @@ func (d *Driver) removeLeftoverNamespaces(pinned []uint32) {
 // only for what must not race an API call; each network's kernel work
 // holds only that network's syncMu, so API calls do not wait for the pass.
 func (d *Driver) reconcileAll(reason string) {
+	if obs := d.cfg.Observer; obs != nil {
+		defer func(start time.Time) { obs.ObserveReconcile(time.Since(start)) }(time.Now())
+	}
 	pinned := d.pinnedVNIs()
 	d.mu.Lock()
 	d.stats.Reconciles++
@@ -368,6 +371,9 @@ func (d *Driver) syncNetworkLocked(n netSnapshot, reason string, repair bool, t 
 	o := n.o
 	if o.deleted {
 		return
+	}
+	if obs := d.cfg.Observer; obs != nil {
+		defer func(start time.Time) { obs.ObserveSync(time.Since(start)) }(time.Now())
 	}
 
 	if repair {
