@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -57,11 +58,21 @@ type Config struct {
 	// SocketPath is the plugin API socket (SOCKET, default
 	// /run/docker/plugins/vxovl.sock).
 	SocketPath string
+	// MetricsAddr is the host:port of the metrics and status server
+	// (METRICS_ADDR, default 127.0.0.1:9747: the plugin runs in the host's
+	// network namespace, so loopback exposes nothing beyond the host).
+	// Empty: no server.
+	MetricsAddr string
 }
 
-// configFromEnv parses and validates the environment. Every error names the
-// variable and what a good value looks like.
-func configFromEnv(getenv func(string) string) (Config, error) {
+// DefaultMetricsAddr is METRICS_ADDR's default.
+const DefaultMetricsAddr = "127.0.0.1:9747"
+
+// configFromEnv parses and validates the environment (lookup is
+// os.LookupEnv: a variable set to "" differs from one not set). Every error
+// names the variable and what a good value looks like.
+func configFromEnv(lookup func(string) (string, bool)) (Config, error) {
+	getenv := func(name string) string { v, _ := lookup(name); return v }
 	c := Config{
 		GossipPort:        7947,
 		VXLANPort:         vxlan.DefaultPort,
@@ -72,6 +83,7 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 		NetnsDir:          "/run/vxovl/netns",
 		SocketPath:        "/run/docker/plugins/vxovl.sock",
 		DockerSocket:      "/run/host/docker.sock",
+		MetricsAddr:       DefaultMetricsAddr,
 	}
 	var errs []string
 	bad := func(name, val, want string) { errs = append(errs, fmt.Sprintf("%s=%q: want %s", name, val, want)) }
@@ -142,8 +154,36 @@ func configFromEnv(getenv func(string) string) (Config, error) {
 			*dst = v
 		}
 	}
+	if v, set := lookup("METRICS_ADDR"); set {
+		c.MetricsAddr = strings.TrimSpace(v)
+	}
+	if err := checkMetricsAddr(c.MetricsAddr, c.GossipPort); err != nil {
+		bad("METRICS_ADDR", c.MetricsAddr, err.Error())
+	}
 	if len(errs) > 0 {
 		return c, fmt.Errorf("bad plugin settings (fix with `docker plugin set vxovl KEY=VALUE` while the plugin is disabled): %s", strings.Join(errs, "; "))
 	}
 	return c, nil
+}
+
+// checkMetricsAddr accepts "" (no server) or an IP address and port; what
+// it returns completes "want ...".
+func checkMetricsAddr(addr string, gossipPort int) error {
+	if addr == "" {
+		return nil
+	}
+	const want = "an IP address and port like 127.0.0.1:9747 or 10.98.0.1:9747, or empty for no metrics server"
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil || net.ParseIP(host) == nil {
+		return errors.New(want)
+	}
+	n, err := strconv.Atoi(port)
+	if err != nil || vxlan.CheckPort(n) != nil {
+		return errors.New(want)
+	}
+	// Gossip listens on GOSSIP_PORT's TCP port on every address.
+	if n == gossipPort {
+		return fmt.Errorf("a port other than GOSSIP_PORT's (%d)", gossipPort)
+	}
+	return nil
 }

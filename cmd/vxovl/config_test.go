@@ -7,7 +7,10 @@ import (
 	"time"
 )
 
-func envOf(m map[string]string) func(string) string { return func(k string) string { return m[k] } }
+// envOf is an environment holding exactly m, for configFromEnv.
+func envOf(m map[string]string) func(string) (string, bool) {
+	return func(k string) (string, bool) { v, ok := m[k]; return v, ok }
+}
 
 func TestConfigDefaults(t *testing.T) {
 	c, err := configFromEnv(envOf(nil))
@@ -15,7 +18,8 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.GossipPort != 7947 || c.VXLANPort != 4789 || c.DeadTimeout != 10*time.Second || c.LogLevel != slog.LevelInfo ||
-		c.StateDir != "/var/lib/vxovl" || c.NetnsDir != "/run/vxovl/netns" || c.AdvertiseAddr != nil || len(c.Peers) != 0 {
+		c.StateDir != "/var/lib/vxovl" || c.NetnsDir != "/run/vxovl/netns" || c.AdvertiseAddr != nil || len(c.Peers) != 0 ||
+		c.MetricsAddr != "127.0.0.1:9747" {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -57,5 +61,33 @@ func TestConfigBadValuesNameTheVariable(t *testing.T) {
 	_, err := configFromEnv(envOf(map[string]string{"GOSSIP_KEY": "c2hvcnQ="}))
 	if strings.Contains(err.Error(), "c2hvcnQ") {
 		t.Error("the key leaked into the error message")
+	}
+}
+
+func TestConfigMetricsAddr(t *testing.T) {
+	for v, want := range map[string]string{
+		"":                "", // set to nothing: off
+		"  ":              "",
+		"10.98.0.1:9000":  "10.98.0.1:9000",
+		" 0.0.0.0:9747 ":  "0.0.0.0:9747",
+		"[::1]:9747":      "[::1]:9747",
+		"127.0.0.1:65535": "127.0.0.1:65535",
+		"10.98.0.1:7948":  "10.98.0.1:7948",
+	} {
+		c, err := configFromEnv(envOf(map[string]string{"METRICS_ADDR": v}))
+		if err != nil || c.MetricsAddr != want {
+			t.Errorf("METRICS_ADDR=%q: %q, %v; want %q", v, c.MetricsAddr, err, want)
+		}
+	}
+	for _, v := range []string{"9747", ":9747", "localhost:9747", "127.0.0.1", "127.0.0.1:", "127.0.0.1:0",
+		"127.0.0.1:70000", "127.0.0.1:http", "http://127.0.0.1:9747", "127.0.0.1:9747/metrics", "127.0.0.1:7947"} {
+		_, err := configFromEnv(envOf(map[string]string{"METRICS_ADDR": v}))
+		if err == nil || !strings.Contains(err.Error(), "METRICS_ADDR") {
+			t.Errorf("METRICS_ADDR=%q: err = %v, want one naming METRICS_ADDR", v, err)
+		}
+	}
+	// The gossip port is the one configured.
+	if _, err := configFromEnv(envOf(map[string]string{"GOSSIP_PORT": "9747"})); err == nil || !strings.Contains(err.Error(), "GOSSIP_PORT's (9747)") {
+		t.Errorf("default METRICS_ADDR on GOSSIP_PORT 9747: err = %v", err)
 	}
 }
