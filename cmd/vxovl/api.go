@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime/debug"
+	"strings"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
@@ -32,6 +34,16 @@ type apiError struct {
 type handler struct {
 	mux *http.ServeMux
 	log *slog.Logger
+	// calls are the protocol calls served, by name (path without the
+	// slash): the values of the metrics' method label.
+	calls map[string]bool
+	obs   apiObserver // nil: none
+}
+
+// apiObserver is told of every request the plugin API answered (the
+// metrics): method is one of the calls served, else "other".
+type apiObserver interface {
+	ObserveAPI(method string, ok bool, d time.Duration)
 }
 
 // ipamDriver is the IPAM protocol plus what vxovl's IPAM must hear from the
@@ -43,13 +55,13 @@ type ipamDriver interface {
 	NetworkCreating(*network.CreateNetworkRequest) error
 }
 
-func newAPI(nd network.Driver, ipd ipamDriver, log *slog.Logger) *handler {
-	h := &handler{mux: http.NewServeMux(), log: log}
+func newAPI(nd network.Driver, ipd ipamDriver, log *slog.Logger, obs apiObserver) *handler {
+	h := &handler{mux: http.NewServeMux(), log: log, calls: map[string]bool{}, obs: obs}
 	implements := []string{"NetworkDriver"}
 	if ipd != nil {
 		implements = append(implements, "IpamDriver")
 	}
-	h.mux.HandleFunc("/Plugin.Activate", func(w http.ResponseWriter, r *http.Request) {
+	h.handle("/Plugin.Activate", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string][]string{"Implements": implements})
 	})
 
@@ -86,7 +98,41 @@ func newAPI(nd network.Driver, ipd ipamDriver, log *slog.Logger) *handler {
 	return h
 }
 
-func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+// handle serves one protocol call.
+func (h *handler) handle(path string, fn http.HandlerFunc) {
+	h.calls[strings.TrimPrefix(path, "/")] = true
+	h.mux.HandleFunc(path, fn)
+}
+
+// ServeHTTP answers a request and tells the observer: which call (any
+// other path is "other", so that the label's values stay bounded whatever
+// is sent to the socket), whether it succeeded (a 2xx answer) and how long
+// it took.
+func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if h.obs == nil {
+		h.mux.ServeHTTP(w, r)
+		return
+	}
+	start := time.Now()
+	sw := &statusWriter{ResponseWriter: w, status: http.StatusOK}
+	h.mux.ServeHTTP(sw, r)
+	method := strings.TrimPrefix(r.URL.Path, "/")
+	if !h.calls[method] {
+		method = "other"
+	}
+	h.obs.ObserveAPI(method, sw.status < 300, time.Since(start))
+}
+
+// statusWriter remembers the status of an answer.
+type statusWriter struct {
+	http.ResponseWriter
+	status int
+}
+
+func (w *statusWriter) WriteHeader(status int) {
+	w.status = status
+	w.ResponseWriter.WriteHeader(status)
+}
 
 func noResult[Req any](fn func(*Req) error) func(*Req) (any, error) {
 	return func(r *Req) (any, error) { return struct{}{}, fn(r) }
@@ -99,7 +145,7 @@ func withResult[Req, Resp any](fn func(*Req) (*Resp, error)) func(*Req) (any, er
 // route serves one protocol call: decode, call, encode. Any failure, including
 // a panic deep inside, becomes an {"Err": ...} answer; the process lives on.
 func route[Req any](h *handler, path string, fn func(*Req) (any, error)) {
-	h.mux.HandleFunc(path, func(w http.ResponseWriter, r *http.Request) {
+	h.handle(path, func(w http.ResponseWriter, r *http.Request) {
 		defer func() {
 			if p := recover(); p != nil {
 				h.log.Error("panic serving plugin call", "path", path, "panic", p, "stack", string(debug.Stack()))

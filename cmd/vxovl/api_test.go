@@ -8,7 +8,9 @@ import (
 	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/docker/go-plugins-helpers/ipam"
 	"github.com/docker/go-plugins-helpers/network"
@@ -49,7 +51,7 @@ func call(t *testing.T, srv *httptest.Server, path, body string) (int, map[strin
 }
 
 func TestAPI(t *testing.T) {
-	srv := httptest.NewServer(newAPI(stubDriver{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil))))
+	srv := httptest.NewServer(newAPI(stubDriver{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), nil))
 	defer srv.Close()
 
 	code, out := call(t, srv, "/Plugin.Activate", "")
@@ -127,7 +129,7 @@ func (r recordingDriver) CreateNetwork(req *network.CreateNetworkRequest) error 
 // tells a network's --aux-address from an endpoint's --ip.
 func TestCreateNetworkTellsIPAMFirst(t *testing.T) {
 	var calls []string
-	srv := httptest.NewServer(newAPI(recordingDriver{calls: &calls}, recordingIPAM{calls: &calls}, slog.New(slog.DiscardHandler)))
+	srv := httptest.NewServer(newAPI(recordingDriver{calls: &calls}, recordingIPAM{calls: &calls}, slog.New(slog.DiscardHandler), nil))
 	defer srv.Close()
 	if code, out := call(t, srv, "/NetworkDriver.CreateNetwork", `{"NetworkID":"n1"}`); code != 200 {
 		t.Fatalf("create: %d %v", code, out)
@@ -137,5 +139,64 @@ func TestCreateNetworkTellsIPAMFirst(t *testing.T) {
 	}
 	if want := []string{"ipam n1", "driver n1", "ipam refused"}; !slices.Equal(calls, want) {
 		t.Fatalf("calls %v, want %v", calls, want)
+	}
+}
+
+type observed struct {
+	method string
+	ok     bool
+}
+
+type recordingObserver struct {
+	mu    sync.Mutex
+	calls []observed
+}
+
+func (r *recordingObserver) ObserveAPI(method string, ok bool, d time.Duration) {
+	r.mu.Lock()
+	r.calls = append(r.calls, observed{method, ok})
+	r.mu.Unlock()
+}
+
+// Every request is observed once, by call and result; a path that is not a
+// call counts as "other", whatever it is.
+func TestAPIObservesEveryCall(t *testing.T) {
+	obs := &recordingObserver{}
+	srv := httptest.NewServer(newAPI(stubDriver{}, recordingIPAM{calls: new([]string)}, slog.New(slog.DiscardHandler), obs))
+	defer srv.Close()
+	call(t, srv, "/Plugin.Activate", "")
+	call(t, srv, "/NetworkDriver.CreateNetwork", `{"NetworkID":"n1"}`)
+	call(t, srv, "/NetworkDriver.CreateNetwork", `{}`)                // the driver refuses
+	call(t, srv, "/NetworkDriver.CreateNetwork", `{"Netw`)            // malformed
+	call(t, srv, "/NetworkDriver.Join", `{"NetworkID":"n1"}`)         // panics
+	call(t, srv, "/IpamDriver.GetDefaultAddressSpaces", "")           // the embedded nil Ipam panics
+	resp, err := http.Get(srv.URL + "/NetworkDriver.GetCapabilities") // not a POST
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	// Not following redirects: the mux answers //NetworkDriver.Join with one.
+	noRedirects := &http.Client{CheckRedirect: func(*http.Request, []*http.Request) error { return http.ErrUseLastResponse }}
+	for _, path := range []string{"/NetworkDriver.Nope", "/a-path-nobody-serves-" + strings.Repeat("x", 100), "//NetworkDriver.Join"} {
+		resp, err := noRedirects.Post(srv.URL+path, "application/json", strings.NewReader("{}"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+	}
+	want := []observed{
+		{"Plugin.Activate", true},
+		{"NetworkDriver.CreateNetwork", true},
+		{"NetworkDriver.CreateNetwork", false},
+		{"NetworkDriver.CreateNetwork", false},
+		{"NetworkDriver.Join", false},
+		{"IpamDriver.GetDefaultAddressSpaces", false},
+		{"NetworkDriver.GetCapabilities", false},
+		{"other", false}, {"other", false}, {"other", false},
+	}
+	obs.mu.Lock()
+	defer obs.mu.Unlock()
+	if !slices.Equal(obs.calls, want) {
+		t.Fatalf("observed\n%v\nwant\n%v", obs.calls, want)
 	}
 }

@@ -28,6 +28,7 @@ import (
 	"github.com/vxovl/vxovl/internal/store"
 	"github.com/vxovl/vxovl/internal/vxlan"
 	vxipam "github.com/vxovl/vxovl/ipam"
+	"github.com/vxovl/vxovl/metrics"
 	"github.com/vxovl/vxovl/status"
 )
 
@@ -139,12 +140,14 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 	log.Info("starting vxovl", "node", name, "vtep", vtep, "vxlan_port", cfg.VXLANPort, "gossip_port", cfg.GossipPort,
 		"peers", strings.Join(cfg.Peers, ","), "default_mtu", mtu, "netns_dir", cfg.NetnsDir)
 
+	met := metrics.New(version)
 	dp := dataplane.New(cfg.NetnsDir, log.With("part", "kernel"))
 	drv := driver.New(driver.Config{
 		VTEP: vtep, VXLANPort: cfg.VXLANPort, DefaultMTU: mtu,
 		ReconcileInterval: cfg.ReconcileInterval, RestoreGrace: 3 * cfg.DeadTimeout,
-		DNS:    dnsserver.Config{Log: log.With("part", "dns")},
-		Logger: log.With("part", "driver"),
+		DNS:      dnsserver.Config{Log: log.With("part", "dns")},
+		Logger:   log.With("part", "driver"),
+		Observer: met,
 	}, dp, st)
 
 	ccfg := cluster.DefaultConfig()
@@ -194,11 +197,13 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 	if err != nil {
 		return fail(err)
 	}
-	api := newAPI(drv, ipd, log.With("part", "api"))
-	// The same source serves /, /status.json and /vxovl/status. METRICS_ADDR
-	// (observe.go) registers statusRoutes(mux, src) on its server's mux and
-	// passes cfg.MetricsAddr here instead of "".
-	src := status.Source{Host: hostStatus(cfg, name, vtep, mtu, ""), Driver: drv, Cluster: cl, IPAM: ipd}
+	if err := met.Watch(metrics.Sources{Driver: drv, Cluster: cl, IPAM: ipd, GossipEncrypted: len(cfg.GossipKey) > 0}); err != nil {
+		return fail(fmt.Errorf("setting up metrics: %w", err))
+	}
+	api := newAPI(drv, ipd, log.With("part", "api"), met)
+	// The same source serves /, /status.json (on METRICS_ADDR, below) and
+	// /vxovl/status.
+	src := status.Source{Host: hostStatus(cfg, name, vtep, mtu, cfg.MetricsAddr), Driver: drv, Cluster: cl, IPAM: ipd}
 	pluginStatusRoute(api.mux, src)
 	api.mux.HandleFunc("/vxovl/state", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, map[string]any{
@@ -215,6 +220,9 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 		writeJSON(w, http.StatusOK, drv.Stats())
 	})
 	loops.Go(func() { reconcileOnHUP(ctx, drv, log) })
+	mux := observeMux(met)
+	statusRoutes(mux, src)
+	undo = append(undo, serveObserve(cfg.MetricsAddr, mux, log.With("part", "observe")))
 	return api, cleanup, nil
 }
 

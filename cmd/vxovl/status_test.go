@@ -180,7 +180,7 @@ func unixServer(t *testing.T, h http.Handler) string {
 // pluginAPI is the plugin socket's handler with the status route, as setup
 // builds it.
 func pluginAPI(st status.Status) http.Handler {
-	api := newAPI(stubDriver{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)))
+	api := newAPI(stubDriver{}, nil, slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
 	pluginStatusRoute(api.mux, fixedStatus(st))
 	return api
 }
