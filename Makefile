@@ -10,6 +10,9 @@ PLUGIN_DIR  := build/plugin
 ROOTFS      := $(PLUGIN_DIR)/rootfs
 N           ?= 3
 E2E_TIMEOUT ?= 25m
+# The build's version, shown by vxovl_build_info: `git describe`, or "dev" outside a git checkout.
+VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
+LDFLAGS     := -X main.version=$(VERSION)
 
 # Debian/Ubuntu packages the lab, demo and e2e tests run on.
 DEPS := docker.io iproute2 util-linux kmod busybox-static iperf3 docker-registry docker-compose
@@ -20,14 +23,14 @@ all: build
 
 build:
 	$(GO) build ./...
-	$(GO) build -o build/vxovl ./cmd/vxovl
+	$(GO) build -ldflags '$(LDFLAGS)' -o build/vxovl ./cmd/vxovl
 
 # The managed plugin's directory, ready for `docker plugin create $(PLUGIN_NAME) $(PLUGIN_DIR)`.
 plugin:
 	rm -rf $(PLUGIN_DIR)
 	mkdir -p $(ROOTFS)/usr/bin $(ROOTFS)/run/docker/plugins $(ROOTFS)/run/vxovl \
 		$(ROOTFS)/var/lib/vxovl $(ROOTFS)/proc $(ROOTFS)/sys $(ROOTFS)/dev $(ROOTFS)/etc $(ROOTFS)/tmp
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w' -o $(ROOTFS)/usr/bin/vxovl ./cmd/vxovl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(ROOTFS)/usr/bin/vxovl ./cmd/vxovl
 	cp config.json $(PLUGIN_DIR)/config.json
 
 # Installs only the packages that are missing (apt-get update first, and only then). A dockerd
