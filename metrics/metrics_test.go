@@ -3,6 +3,7 @@ package metrics
 import (
 	"io"
 	"net/http/httptest"
+	"os/exec"
 	"runtime"
 	"strings"
 	"testing"
@@ -73,5 +74,27 @@ vxovl_api_requests_total{method="other",result="error"} 1
 	}
 	if n := testutil.CollectAndCount(m.apiLatency); n != 2 {
 		t.Fatalf("%d latency series, want one per method (2)", n)
+	}
+}
+
+// promtool (Debian's prometheus package) finds nothing to lint in a
+// scrape with every metric present.
+func TestPromtoolCheckMetrics(t *testing.T) {
+	promtool, err := exec.LookPath("promtool")
+	if err != nil {
+		t.Skip("promtool not installed (apt-get install prometheus)")
+	}
+	m := New("v1.2.3")
+	if err := m.Watch(knownState()); err != nil {
+		t.Fatal(err)
+	}
+	m.ObserveAPI("NetworkDriver.Join", true, time.Millisecond)
+	m.ObserveSync(time.Millisecond)
+	m.ObserveReconcile(time.Millisecond)
+	cmd := exec.Command(promtool, "check", "metrics")
+	cmd.Stdin = strings.NewReader(scrape(t, m))
+	out, err := cmd.CombinedOutput()
+	if err != nil || len(out) > 0 {
+		t.Fatalf("promtool check metrics: %v\n%s", err, out)
 	}
 }
