@@ -12,7 +12,6 @@ import (
 	"net/http"
 	"net/url"
 	"path/filepath"
-	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -70,32 +69,13 @@ func serveStatus(w http.ResponseWriter, src statusSource, contentType string, re
 // whether it is set. metricsAddr is METRICS_ADDR ("" when off).
 func hostStatus(cfg Config, node string, vtep net.IP, mtu int, metricsAddr string) status.Host {
 	return status.Host{
-		Node: node, VTEP: vtep.String(), Version: buildVersion(),
+		Node: node, VTEP: vtep.String(), Version: version,
 		Settings: status.Settings{
 			VXLANPort: cfg.VXLANPort, GossipPort: cfg.GossipPort, DefaultMTU: mtu,
 			DeadTimeout: status.Duration(cfg.DeadTimeout), ReconcileInterval: status.Duration(cfg.ReconcileInterval),
 			Peers: cfg.Peers, MetricsAddr: metricsAddr, GossipEncrypted: len(cfg.GossipKey) > 0,
 		},
 	}
-}
-
-// buildVersion is the module version and VCS revision Go stamped into the
-// binary.
-func buildVersion() string {
-	bi, ok := debug.ReadBuildInfo()
-	if !ok {
-		return "unknown"
-	}
-	v := bi.Main.Version
-	for _, s := range bi.Settings {
-		switch {
-		case s.Key == "vcs.revision" && len(s.Value) >= 12:
-			v += " " + s.Value[:12]
-		case s.Key == "vcs.modified" && s.Value == "true":
-			v += "-modified"
-		}
-	}
-	return v
 }
 
 // The status of a managed plugin is reached through its socket, which
