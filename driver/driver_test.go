@@ -221,7 +221,7 @@ func TestClusterConflictBuildsNothing(t *testing.T) {
 
 func TestKernelFailureRollsBack(t *testing.T) {
 	h := newHarness(t)
-	h.dp.failNext["EnsureNetwork"] = errors.New("netlink: operation not permitted")
+	h.dp.failOnce("EnsureNetwork", errors.New("netlink: operation not permitted"))
 	if err := h.drv.CreateNetwork(createReq(map[string]interface{}{"vni": "5"}, "10.10.0.0/24", "")); err == nil {
 		t.Fatal("no error")
 	}
@@ -343,7 +343,7 @@ func TestEndpointBadInput(t *testing.T) {
 			t.Errorf("%s: no error", name)
 		}
 	}
-	h.dp.failNext["EnsureEndpoint"] = errors.New("boom")
+	h.dp.failOnce("EnsureEndpoint", errors.New("boom"))
 	if _, err := h.drv.Join(&network.JoinRequest{NetworkID: netID, EndpointID: epID}); err == nil {
 		t.Fatal("join with failing kernel: no error")
 	}
@@ -449,7 +449,7 @@ func TestFailedDeletesAreRetried(t *testing.T) {
 		}
 	}
 
-	h.dp.failNext["DeleteEndpoint"] = errors.New("netlink: device busy")
+	h.dp.failOnce("DeleteEndpoint", errors.New("netlink: device busy"))
 	err := h.drv.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: netID, EndpointID: epID})
 	if err == nil || !strings.Contains(err.Error(), "retries the clean-up") {
 		t.Fatalf("failed DeleteEndpoint = %v, want an error saying it is retried", err)
@@ -471,7 +471,7 @@ func TestFailedDeletesAreRetried(t *testing.T) {
 		t.Fatalf("stored endpoints %+v, want only %s", eps, short(ep2))
 	}
 
-	h.dp.failNext["DeleteNetwork"] = errors.New("netlink: device busy")
+	h.dp.failOnce("DeleteNetwork", errors.New("netlink: device busy"))
 	if err := h.drv.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: netID}); err == nil {
 		t.Fatal("failed DeleteNetwork answered no error")
 	}
@@ -515,7 +515,7 @@ func TestFailedDeletesStayDeletedAcrossRestart(t *testing.T) {
 	h := newHarness(t)
 	h.createNetwork(map[string]interface{}{"vni": "42"})
 	h.createEndpoint(epID, "10.10.0.2/24")
-	h.dp.failNext["DeleteEndpoint"] = errors.New("netlink: device busy")
+	h.dp.failOnce("DeleteEndpoint", errors.New("netlink: device busy"))
 	if err := h.drv.DeleteEndpoint(&network.DeleteEndpointRequest{NetworkID: netID, EndpointID: epID}); err == nil {
 		t.Fatal("failed DeleteEndpoint answered no error")
 	}
@@ -525,7 +525,7 @@ func TestFailedDeletesStayDeletedAcrossRestart(t *testing.T) {
 		t.Fatalf("after a restart %d networks, %d endpoints; want the network without the deleted endpoint", s.Networks, s.LocalEndpoints)
 	}
 
-	h.dp.failNext["DeleteNetwork"] = errors.New("netlink: device busy")
+	h.dp.failOnce("DeleteNetwork", errors.New("netlink: device busy"))
 	if err := h.drv.DeleteNetwork(&network.DeleteNetworkRequest{NetworkID: netID}); err == nil {
 		t.Fatal("failed DeleteNetwork answered no error")
 	}

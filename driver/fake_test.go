@@ -45,6 +45,14 @@ func newFakeDataplane() *fakeDataplane {
 	}
 }
 
+// failOnce makes the next call of method return err.
+func (f *fakeDataplane) failOnce(method string, err error) {
+	f.mu.Lock()
+	f.failNext[method] = err
+	f.mu.Unlock()
+}
+
+// fail returns the error failOnce set for method, once. Needs f.mu.
 func (f *fakeDataplane) fail(method string) error {
 	if err, ok := f.failNext[method]; ok {
 		delete(f.failNext, method)
@@ -56,7 +64,10 @@ func (f *fakeDataplane) fail(method string) error {
 // ListenDNS opens the name server's sockets on a free loopback port (the
 // same for UDP and TCP) instead of addr:port in an overlay namespace.
 func (f *fakeDataplane) ListenDNS(vni uint32, addr netip.Addr, port int) (net.PacketConn, net.Listener, error) {
-	if err := f.fail("ListenDNS"); err != nil {
+	f.mu.Lock()
+	err := f.fail("ListenDNS")
+	f.mu.Unlock()
+	if err != nil {
 		return nil, nil, err
 	}
 	for range 20 {

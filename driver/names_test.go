@@ -208,7 +208,7 @@ func TestNameServerOff(t *testing.T) {
 // started by the next sync.
 func TestNameServerRetried(t *testing.T) {
 	h := namesHarness(t, filepath.Join(t.TempDir(), "state.db"))
-	h.dp.failNext["ListenDNS"] = errors.New("address already in use")
+	h.dp.failOnce("ListenDNS", errors.New("address already in use"))
 	h.createNetwork(map[string]interface{}{"vni": "42"})
 	h.createEndpoint(epID, "10.10.0.2/24")
 	h.drv.SetNames(netID, "app", epID, []string{"web"})
