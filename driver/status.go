@@ -1,7 +1,7 @@
 package driver
 
 import (
-	"net"
+	"bytes"
 	"slices"
 	"strings"
 
@@ -58,7 +58,12 @@ func (d *Driver) Networks() []NetworkStatus {
 		if o.gateway != nil {
 			st.Gateway = o.gateway.IP.String()
 		}
+		local := make([]*endpoint, 0, len(o.endpoints))
 		for _, ep := range o.endpoints {
+			local = append(local, ep)
+		}
+		slices.SortFunc(local, func(a, b *endpoint) int { return bytes.Compare(a.ip.To16(), b.ip.To16()) })
+		for _, ep := range local {
 			st.Local = append(st.Local, EndpointStatus{ID: ep.ID, IP: ep.ip.String(), MAC: ep.MAC, Names: ep.Names})
 		}
 		snaps = append(snaps, snap{st: st, o: o})
@@ -70,15 +75,16 @@ func (d *Driver) Networks() []NetworkStatus {
 	for _, s := range snaps {
 		st := s.st
 		if gossip != nil {
-			for _, ep := range gossip.Endpoints(st.VNI) {
+			remote := gossip.Endpoints(st.VNI)
+			slices.SortFunc(remote, func(a, b cluster.Endpoint) int { return bytes.Compare(a.IP.To16(), b.IP.To16()) })
+			st.Remote = make([]EndpointStatus, 0, len(remote))
+			for _, ep := range remote {
 				st.Remote = append(st.Remote, remoteStatus(ep))
 			}
 		}
 		if t := s.o.shown.Load(); t != nil {
 			st.Neighbors, st.FDB, st.FloodEntries, st.Conflicts = len(t.peers), len(t.peers), len(t.flood), t.conflicts
 		}
-		sortEndpoints(st.Local)
-		sortEndpoints(st.Remote)
 		out = append(out, st)
 	}
 	slices.SortFunc(out, func(a, b NetworkStatus) int {
@@ -92,10 +98,4 @@ func (d *Driver) Networks() []NetworkStatus {
 
 func remoteStatus(ep cluster.Endpoint) EndpointStatus {
 	return EndpointStatus{ID: ep.ID, Node: ep.Node, VTEP: ep.VTEP.String(), IP: ep.IP.String(), MAC: ep.MAC.String(), Names: ep.Names}
-}
-
-func sortEndpoints(eps []EndpointStatus) {
-	slices.SortFunc(eps, func(a, b EndpointStatus) int {
-		return strings.Compare(string(net.ParseIP(a.IP).To16()), string(net.ParseIP(b.IP).To16()))
-	})
 }
