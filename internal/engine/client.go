@@ -106,10 +106,11 @@ func (v apiVersion) String() string { return fmt.Sprintf("%d.%d", v.major, v.min
 // eventFilters selects the events that give an endpoint names or change
 // them: a container joining a network (at its start, or docker network
 // connect on a running one), a container's start (its last event after
-// all its connects) and its rename. Docker ANDs the keys and ORs the
-// values; no container event is called connect and no network event start
-// or rename, so nothing else passes.
-const eventFilters = `{"type":{"container":true,"network":true},"event":{"connect":true,"start":true,"rename":true}}`
+// all its connects) and its rename; and a network's create, which names
+// it. Docker ANDs the keys and ORs the values; no container event is
+// called connect and no network event start or rename; a container's
+// create passes too and is ignored.
+const eventFilters = `{"type":{"container":true,"network":true},"event":{"connect":true,"start":true,"rename":true,"create":true}}`
 
 // message is one event of GET /events: the same shape in every API version.
 type message struct {
@@ -167,6 +168,26 @@ func (c *client) listManaged(ctx context.Context, managed func(networkID string)
 		}
 	}
 	return ids, len(list), nil
+}
+
+// listNetworks names the networks managed reports true for.
+func (c *client) listNetworks(ctx context.Context, managed func(networkID string) bool) ([]Update, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout)
+	defer cancel()
+	var list []struct {
+		ID   string `json:"Id"`
+		Name string
+	}
+	if err := c.getJSON(ctx, "/networks", nil, maxListBytes, &list); err != nil {
+		return nil, fmt.Errorf("listing networks: %w", err)
+	}
+	var out []Update
+	for _, n := range list {
+		if n.ID != "" && managed(n.ID) {
+			out = append(out, Update{NetworkID: n.ID, NetworkName: n.Name})
+		}
+	}
+	return out, nil
 }
 
 // inspect gets a container's names and endpoints; errNotFound when it is gone.

@@ -36,7 +36,8 @@ type fakeEngine struct {
 	log          []string    // requests, as "/events", "/containers/json", "/containers/ID/json"
 	eventsTried  []time.Time // every GET /events, refused or not
 	since        []string
-	wrongPaths   []string // requests without the version the watcher should use
+	wrongPaths   []string      // requests without the version the watcher should use
+	networks     []fakeNetwork // what GET /networks lists
 }
 
 type fakeNetwork struct{ ID, Name, Driver string }
@@ -74,6 +75,7 @@ func newFakeEngine(t *testing.T, version string) *fakeEngine {
 		containers:  map[string]*fakeContainer{},
 		streams:     map[chan string]bool{},
 		badInspects: map[string]int{},
+		networks:    []fakeNetwork{vxNet, otherNet},
 	}
 	l, err := net.Listen("unix", f.socket)
 	if err != nil {
@@ -116,6 +118,14 @@ func (f *fakeEngine) serve(w http.ResponseWriter, r *http.Request) {
 	switch {
 	case path == "/events":
 		f.serveEvents(w, r)
+	case path == "/networks":
+		f.mu.Lock()
+		var list []map[string]any
+		for _, n := range f.networks {
+			list = append(list, map[string]any{"Id": n.ID, "Name": n.Name, "Driver": n.Driver})
+		}
+		f.mu.Unlock()
+		writeJSON(w, list)
 	case path == "/containers/json":
 		f.mu.Lock()
 		list := f.list()
@@ -290,6 +300,14 @@ func (f *fakeEngine) connectEvent(id string, n fakeNetwork) {
 	f.emit("network", "connect", n.ID, map[string]string{"container": id, "name": n.Name, "type": n.Driver})
 }
 
+// createNetwork adds n to the networks and emits its create event.
+func (f *fakeEngine) createNetwork(n fakeNetwork) {
+	f.mu.Lock()
+	f.networks = append(f.networks, n)
+	f.mu.Unlock()
+	f.emit("network", "create", n.ID, map[string]string{"name": n.Name, "type": n.Driver})
+}
+
 func (f *fakeEngine) rename(id, name string) {
 	f.mu.Lock()
 	old := f.containers[id].Name
@@ -355,17 +373,31 @@ func (f *fakeEngine) requests() []string {
 
 // recorder is a Sink that keeps the last update of each endpoint.
 type recorder struct {
-	mu   sync.Mutex
-	last map[string]Update
+	mu       sync.Mutex
+	last     map[string]Update
+	networks map[string]string // network ID -> name, from updates that only name a network
 }
 
 func (r *recorder) EndpointNames(u Update) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
+	if u.EndpointID == "" {
+		if r.networks == nil {
+			r.networks = map[string]string{}
+		}
+		r.networks[u.NetworkID] = u.NetworkName
+		return
+	}
 	if r.last == nil {
 		r.last = map[string]Update{}
 	}
 	r.last[u.EndpointID] = u
+}
+
+func (r *recorder) networkName(id string) string {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.networks[id]
 }
 
 func (r *recorder) get(endpointID string) (Update, bool) {

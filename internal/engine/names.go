@@ -11,6 +11,8 @@ import (
 type Update struct {
 	NetworkID   string
 	NetworkName string
+	// EndpointID is empty in an update that only names a network (one this
+	// host has no container on yet).
 	EndpointID  string
 	ContainerID string
 	// Names is the endpoint's complete set of DNS names, normalised by

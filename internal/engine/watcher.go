@@ -66,7 +66,16 @@ type Watcher struct {
 
 	attemptsMu sync.Mutex
 	attempts   map[string]int // container ID -> inspects failed in a row
+
+	// created holds the names of managed networks whose create event was
+	// read, by queue key, until a worker reports them (the event reader
+	// only queues).
+	createdMu sync.Mutex
+	created   map[string]Update
 }
+
+// networkKey is the queue's key for a network's name, beside container IDs.
+func networkKey(id string) string { return "network:" + id }
 
 // callTimeout bounds every call to dockerd but the event stream's body. An
 // inspect waits for the container's lock, which dockerd holds while it
@@ -98,6 +107,7 @@ func New(cfg Config) (*Watcher, error) {
 		healthy:     time.Minute,
 		maxAttempts: 5,
 		attempts:    map[string]int{},
+		created:     map[string]Update{},
 	}, nil
 }
 
@@ -161,6 +171,17 @@ func (w *Watcher) session(ctx context.Context) error {
 	for _, id := range ids {
 		w.queue.add(id)
 	}
+	// A network this host has no container on is named too: it is how the
+	// operator knows it (its ID differs from host to host).
+	nets, err := w.client.listNetworks(ctx, w.cfg.Managed)
+	if err != nil {
+		cancel()
+		<-streamErr
+		return err
+	}
+	for _, u := range nets {
+		w.cfg.Sink.EndpointNames(u)
+	}
 	w.log.Info("watching Docker for container names", "api", version,
 		"running_containers", running, "on_vxovl_networks", len(ids))
 	// Ends when the stream breaks, or when ctx ends and takes the request
@@ -179,6 +200,14 @@ func (w *Watcher) follow(stream io.Reader) error {
 				return errors.New("dockerd closed the event stream")
 			}
 			return fmt.Errorf("reading the event stream: %w", err)
+		}
+		if m.Type == "network" && m.Action == "create" && w.cfg.Managed(m.Actor.ID) {
+			key := networkKey(m.Actor.ID)
+			w.createdMu.Lock()
+			w.created[key] = Update{NetworkID: m.Actor.ID, NetworkName: m.Actor.Attributes["name"]}
+			w.createdMu.Unlock()
+			w.queue.add(key)
+			continue
 		}
 		if id, ok := w.concerns(m); ok {
 			w.log.Debug("Docker event", "type", m.Type, "action", m.Action, "container", shortID(id))
@@ -214,6 +243,14 @@ func (w *Watcher) work(ctx context.Context) {
 // learn inspects one container and reports its endpoints on vxovl
 // networks. A failed inspect is retried after a pause, a few times.
 func (w *Watcher) learn(ctx context.Context, id string) {
+	w.createdMu.Lock()
+	u, isNetwork := w.created[id]
+	delete(w.created, id)
+	w.createdMu.Unlock()
+	if isNetwork {
+		w.cfg.Sink.EndpointNames(u)
+		return
+	}
 	ctr, err := w.client.inspect(ctx, id)
 	switch {
 	case err == nil:

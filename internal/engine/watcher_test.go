@@ -276,3 +276,16 @@ func TestNewChecksConfig(t *testing.T) {
 		t.Error(err)
 	}
 }
+
+// A network this host has no container on is named too: at the resync, and
+// when it is created.
+func TestNetworksAreNamedWithoutContainers(t *testing.T) {
+	f := newFakeEngine(t, "1.41")
+	_, rec := startWatcher(t, f.socket)
+	poll.True(t, 5*time.Second, "vxNet named by the resync", func() bool { return rec.networkName(vxNet.ID) == "app" })
+	f.createNetwork(vxNet2)
+	poll.True(t, 5*time.Second, "vxNet2 named when created", func() bool { return rec.networkName(vxNet2.ID) == "back" })
+	if name := rec.networkName(otherNet.ID); name != "" {
+		t.Fatalf("a network vxovl does not drive was named: %q", name)
+	}
+}
