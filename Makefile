@@ -39,7 +39,9 @@ plugin:
 # dockerd, docker-compose or chromium from elsewhere (docker-ce, compose v2 wrapper) counts as
 # present.
 # policy-rc.d keeps the freshly installed docker.io and prometheus from starting a system
-# dockerd or a Prometheus server on :9090 (the tests run their own, inside the lab);
+# dockerd or a Prometheus server on :9090 (the tests run their own, inside the lab), and the
+# prometheus service is disabled (update-rc.d: init script and systemd unit) so that it does not
+# start at the next boot either;
 # --no-install-recommends keeps prometheus-node-exporter, another service, out.
 deps:
 	@missing=""; \
@@ -53,6 +55,8 @@ deps:
 		nopolicy=; if [ ! -e /usr/sbin/policy-rc.d ]; then nopolicy=1; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -q --no-install-recommends $$missing; rc=$$?; \
+		case " $$missing " in *" prometheus "*) [ $$rc -ne 0 ] || \
+			update-rc.d prometheus disable >/dev/null 2>&1;; esac; \
 		[ -z "$$nopolicy" ] || rm -f /usr/sbin/policy-rc.d; \
 		exit $$rc; \
 	fi
