@@ -82,7 +82,10 @@ func (l *Lab) WireClient() *http.Client {
 // GetFromWire fetches url from the wire namespace and returns the body; a status other than
 // 200 is an error that quotes the body.
 func (l *Lab) GetFromWire(url string) (string, error) {
-	return httpGet(l.WireClient(), url)
+	c := l.WireClient()
+	// An idle connection would keep its socket, and with it the wire namespace, past lab down.
+	defer c.CloseIdleConnections()
+	return httpGet(c, url)
 }
 
 func httpGet(c *http.Client, url string) (string, error) {
@@ -192,6 +195,7 @@ func promDuration(d time.Duration) string { return strconv.FormatInt(d.Milliseco
 // Stop ends the server: TERM, then KILL after promStopTimeout (its whole process group, which
 // is only itself). Stopping twice is fine.
 func (p *Prometheus) Stop() error {
+	p.client.CloseIdleConnections()
 	select {
 	case <-p.exited:
 		return nil
