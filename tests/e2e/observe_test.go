@@ -146,7 +146,9 @@ func TestObservability(t *testing.T) {
 		}
 	})
 
-	// What host 1 shows of the cluster: every member by name and the network.
+	// What host 1 shows of the cluster: every member by name and the network by the name the
+	// operator gave it (each host has its own ID for it). Host 1 has no container on it: the
+	// name must come from Docker's network, not from a container's connect.
 	want := []string{obsNode(1), obsNode(2), obsNode(3), obsNet}
 
 	t.Run("StatusPageInChromium", func(t *testing.T) {
