@@ -35,13 +35,11 @@ plugin:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(ROOTFS)/usr/bin/vxovl ./cmd/vxovl
 	cp config.json $(PLUGIN_DIR)/config.json
 
-# Installs only the packages that are missing (apt-get update first, and only then). A
-# dockerd, docker-compose or chromium from elsewhere (docker-ce, compose v2 wrapper) counts as
-# present.
+# Installs only the packages that are missing (apt-get update first, and only then). A dockerd,
+# docker-compose or chromium from elsewhere (docker-ce, compose v2 wrapper) counts as present.
 # policy-rc.d keeps the freshly installed docker.io and prometheus from starting a system
-# dockerd or a Prometheus server on :9090 (the tests run their own, inside the lab), and the
-# prometheus service is disabled (update-rc.d: init script and systemd unit) so that it does not
-# start at the next boot either;
+# dockerd or a Prometheus server on :9090 (the tests run their own, inside the lab); a prometheus
+# installed here is also disabled at boot (update-rc.d: init links and systemd unit), and
 # --no-install-recommends keeps prometheus-node-exporter, another service, out.
 deps:
 	@missing=""; \
