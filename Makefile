@@ -14,8 +14,10 @@ E2E_TIMEOUT ?= 25m
 VERSION     ?= $(shell git describe --always --dirty 2>/dev/null || echo dev)
 LDFLAGS     := -X main.version=$(VERSION)
 
-# Debian/Ubuntu packages the lab, demo and e2e tests run on.
-DEPS := docker.io iproute2 util-linux kmod busybox-static iperf3 docker-registry docker-compose
+# Debian/Ubuntu packages the lab, demo and e2e tests run on. prometheus (with promtool) and
+# chromium are the observability test's real scraper, metrics checker and headless browser.
+DEPS := docker.io iproute2 util-linux kmod busybox-static iperf3 docker-registry docker-compose \
+	prometheus chromium
 
 .PHONY: all build plugin deps test unit e2e vet demo lab-up lab-down clean bench bench-dns bench-run-latency
 
@@ -33,13 +35,16 @@ plugin:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(ROOTFS)/usr/bin/vxovl ./cmd/vxovl
 	cp config.json $(PLUGIN_DIR)/config.json
 
-# Installs only the packages that are missing (apt-get update first, and only then). A dockerd
-# or docker-compose from elsewhere (docker-ce, compose v2 wrapper) counts as present.
-# policy-rc.d keeps the freshly installed docker.io from starting a system dockerd.
+# Installs only the packages that are missing (apt-get update first, and only then). A dockerd,
+# docker-compose or chromium from elsewhere (docker-ce, compose v2 wrapper) counts as present.
+# policy-rc.d keeps the freshly installed docker.io and prometheus from starting a system
+# dockerd or a Prometheus server on :9090 (the tests run their own, inside the lab); a prometheus
+# installed here is also disabled at boot (update-rc.d: init links and systemd unit), and
+# --no-install-recommends keeps prometheus-node-exporter, another service, out.
 deps:
 	@missing=""; \
 	for p in $(DEPS); do \
-		case $$p in docker.io) have=dockerd;; docker-compose) have=docker-compose;; *) have=;; esac; \
+		case $$p in docker.io) have=dockerd;; docker-compose) have=docker-compose;; chromium) have=chromium;; *) have=;; esac; \
 		if [ -n "$$have" ] && command -v $$have >/dev/null; then continue; fi; \
 		dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q '^install ok installed' || missing="$$missing $$p"; \
 	done; \
@@ -48,6 +53,8 @@ deps:
 		nopolicy=; if [ ! -e /usr/sbin/policy-rc.d ]; then nopolicy=1; printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d; chmod +x /usr/sbin/policy-rc.d; fi; \
 		DEBIAN_FRONTEND=noninteractive apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -q --no-install-recommends $$missing; rc=$$?; \
+		case " $$missing " in *" prometheus "*) [ $$rc -ne 0 ] || \
+			update-rc.d prometheus disable >/dev/null 2>&1;; esac; \
 		[ -z "$$nopolicy" ] || rm -f /usr/sbin/policy-rc.d; \
 		exit $$rc; \
 	fi

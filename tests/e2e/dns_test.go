@@ -4,7 +4,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -13,7 +12,6 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
-	"github.com/vishvananda/netns"
 
 	"github.com/vxovl/vxovl/internal/testutil/poll"
 )
@@ -313,32 +311,4 @@ func nslookupAddrs(out string) []netip.Addr {
 	}
 	slices.SortFunc(as, netip.Addr.Compare)
 	return as
-}
-
-// dialIn connects to addr from inside the network namespace at nsPath. A socket stays in the
-// namespace it was made in; the thread that made it is switched and never switched back: its
-// goroutine ends locked, which ends the thread too.
-func dialIn(nsPath, network, addr string, timeout time.Duration) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	made := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		ns, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			made <- result{err: fmt.Errorf("opening %s: %w", nsPath, err)}
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			made <- result{err: fmt.Errorf("entering %s: %w", nsPath, err)}
-			return
-		}
-		c, err := net.DialTimeout(network, addr, timeout)
-		made <- result{c, err}
-	}()
-	r := <-made
-	return r.c, r.err
 }

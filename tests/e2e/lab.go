@@ -561,3 +561,31 @@ func listenPacketIn(nsPath, addr string) (net.PacketConn, error) {
 	r := <-made
 	return r.pc, r.err
 }
+
+// dialIn connects to addr from inside the network namespace at nsPath. A socket stays in the
+// namespace it was made in; the thread that made it is switched and never switched back: its
+// goroutine ends locked, which ends the thread too.
+func dialIn(nsPath, network, addr string, timeout time.Duration) (net.Conn, error) {
+	type result struct {
+		c   net.Conn
+		err error
+	}
+	made := make(chan result, 1)
+	go func() {
+		runtime.LockOSThread()
+		ns, err := netns.GetFromPath(nsPath)
+		if err != nil {
+			made <- result{err: fmt.Errorf("opening %s: %w", nsPath, err)}
+			return
+		}
+		defer ns.Close()
+		if err := netns.Set(ns); err != nil {
+			made <- result{err: fmt.Errorf("entering %s: %w", nsPath, err)}
+			return
+		}
+		c, err := net.DialTimeout(network, addr, timeout)
+		made <- result{c, err}
+	}()
+	r := <-made
+	return r.c, r.err
+}
