@@ -534,58 +534,41 @@ func (u *UpstreamDNS) answer(w dns.ResponseWriter, req *dns.Msg) {
 	_ = w.WriteMsg(resp)
 }
 
-// listenPacketIn opens a UDP socket bound to addr inside the network namespace pinned at nsPath.
-// A socket stays in the namespace it was made in; the thread that made it is switched and never
-// switched back: its goroutine ends locked, which ends the thread too.
-func listenPacketIn(nsPath, addr string) (net.PacketConn, error) {
+// socketIn makes a socket inside the network namespace pinned at nsPath: a socket stays in the
+// namespace it was made in. The thread that made it is switched and never switched back: its
+// goroutine ends locked, which ends the thread too.
+func socketIn[S any](nsPath string, open func() (S, error)) (S, error) {
 	type result struct {
-		pc  net.PacketConn
+		s   S
 		err error
 	}
 	made := make(chan result, 1)
 	go func() {
 		runtime.LockOSThread()
+		var zero S
 		ns, err := netns.GetFromPath(nsPath)
 		if err != nil {
-			made <- result{err: fmt.Errorf("opening %s: %w", nsPath, err)}
+			made <- result{zero, fmt.Errorf("opening %s: %w", nsPath, err)}
 			return
 		}
 		defer ns.Close()
 		if err := netns.Set(ns); err != nil {
-			made <- result{err: fmt.Errorf("entering %s: %w", nsPath, err)}
+			made <- result{zero, fmt.Errorf("entering %s: %w", nsPath, err)}
 			return
 		}
-		pc, err := net.ListenPacket("udp4", addr)
-		made <- result{pc, err}
+		s, err := open()
+		made <- result{s, err}
 	}()
 	r := <-made
-	return r.pc, r.err
+	return r.s, r.err
 }
 
-// dialIn connects to addr from inside the network namespace at nsPath. A socket stays in the
-// namespace it was made in; the thread that made it is switched and never switched back: its
-// goroutine ends locked, which ends the thread too.
+// listenPacketIn opens a UDP socket bound to addr inside the network namespace pinned at nsPath.
+func listenPacketIn(nsPath, addr string) (net.PacketConn, error) {
+	return socketIn(nsPath, func() (net.PacketConn, error) { return net.ListenPacket("udp4", addr) })
+}
+
+// dialIn connects to addr from inside the network namespace at nsPath.
 func dialIn(nsPath, network, addr string, timeout time.Duration) (net.Conn, error) {
-	type result struct {
-		c   net.Conn
-		err error
-	}
-	made := make(chan result, 1)
-	go func() {
-		runtime.LockOSThread()
-		ns, err := netns.GetFromPath(nsPath)
-		if err != nil {
-			made <- result{err: fmt.Errorf("opening %s: %w", nsPath, err)}
-			return
-		}
-		defer ns.Close()
-		if err := netns.Set(ns); err != nil {
-			made <- result{err: fmt.Errorf("entering %s: %w", nsPath, err)}
-			return
-		}
-		c, err := net.DialTimeout(network, addr, timeout)
-		made <- result{c, err}
-	}()
-	r := <-made
-	return r.c, r.err
+	return socketIn(nsPath, func() (net.Conn, error) { return net.DialTimeout(network, addr, timeout) })
 }
