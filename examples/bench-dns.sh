@@ -76,23 +76,11 @@ stop_pollers() {
 	POLLERS=()
 }
 
-teardown() {
-	local rc=$?
-	trap - EXIT INT TERM
+bench_cleanup() {
 	stop_pollers
 	rm -rf "$WORK"
-	if [ "${KEEP:-0}" = 1 ]; then
-		say "KEEP=1: lab $LAB_NAME stays up; LAB_NAME=$LAB_NAME $LAB down when done"
-	else
-		say "tearing the lab down"
-		"$LAB" down >/dev/null 2>&1 || "$LAB" down || true
-	fi
-	[ $rc = 0 ] || say "FAILED (exit $rc)"
-	exit $rc
 }
-trap teardown EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_traps
 
 # ---------------------------------------------------------------------------------------------
 say "lab $LAB_NAME: 2 hosts on $LAB_SUBNET.0/24"

@@ -41,21 +41,7 @@ say() { printf '[bench] %s\n' "$*" >&2; }
 # shellcheck source=lab/bench-lib.sh
 . "$HERE/lab/bench-lib.sh"
 
-teardown() {
-	local rc=$?
-	trap - EXIT INT TERM
-	if [ "${KEEP:-0}" = 1 ]; then
-		say "KEEP=1: lab $LAB_NAME stays up; LAB_NAME=$LAB_NAME $LAB down when done"
-	else
-		say "tearing the lab down"
-		"$LAB" down >/dev/null 2>&1 || "$LAB" down || true
-	fi
-	[ $rc = 0 ] || say "FAILED (exit $rc)"
-	exit $rc
-}
-trap teardown EXIT
-trap 'exit 130' INT
-trap 'exit 143' TERM
+bench_traps
 
 declare -A R # results by key
 
