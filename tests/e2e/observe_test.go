@@ -31,12 +31,16 @@ const (
 // target up, the cluster's size, remote endpoints following a container on another host, the
 // API histogram counting docker run's calls, promtool's linter clean on every host's /metrics,
 // the status page as chromium headless renders it, and `vxovl status`. Gossip runs with a key,
-// which none of them may show.
-func TestObservability(t *testing.T) {
+// which none of them may show. On Docker 20.10 and on Docker 26.
+func TestObservability(t *testing.T) { observability(t, Options{Docker: Docker20}) }
+
+func TestObservabilityDocker26(t *testing.T) { observability(t, Options{Docker: Docker26}) }
+
+func observability(t *testing.T, opts Options) {
 	Require(t)
 	requireTools(t, "prometheus", "promtool", "chromium")
 	start := time.Now()
-	l := Up(t, 3)
+	l := UpWith(t, 3, opts)
 	key := obsGossipKey(t)
 	for i := 1; i <= 3; i++ {
 		l.InstallPlugin(t, i, "PEERS="+l.PeersExcept(i), "NODE_NAME="+obsNode(i), "GOSSIP_KEY="+key,
