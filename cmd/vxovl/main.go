@@ -103,6 +103,10 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 	if err != nil {
 		return nil, nil, err
 	}
+	for _, m := range st.Migrations() {
+		log.Info("state migrated to a new format", "file", st.Path(), "from", m.From, "to", m.To, "change", m.What,
+			"copy_before", store.Backup(st.Path(), st.Migrations()[0].From))
+	}
 	// The background loops end before the cluster and the store they use
 	// are shut down: also when setup fails half-way.
 	ctx, stopLoops := context.WithCancel(ctx)

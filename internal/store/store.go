@@ -4,7 +4,9 @@
 // GetCapabilities arrives), so every network, endpoint, IPAM allocation and the
 // node's identity live here, committed before the API call that made them
 // returns. Values are JSON so that an operator can read them with any bbolt
-// viewer and so that fields can be added without a migration.
+// viewer and so that fields can be added without a migration. The file's
+// format is versioned (SchemaVersion): Open migrates an older file forward
+// and refuses one of a newer format.
 package store
 
 import (
@@ -25,12 +27,14 @@ var ErrUnreadable = errors.New("state file unreadable")
 
 // Store is a small bucket/key/JSON-value layer over bbolt.
 type Store struct {
-	db   *bolt.DB
-	path string
+	db       *bolt.DB
+	path     string
+	migrated []Migration
 }
 
-// Open opens (creating if needed) the database at path. A damaged file is
-// never wiped: the error says how to move it aside.
+// Open opens (creating if needed) the database at path and brings it to
+// SchemaVersion (see upgrade). A damaged file, or one of a newer format, is
+// never written to: the error says what to do.
 func Open(path string) (s *Store, err error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return nil, fmt.Errorf("creating state directory for %s: %w", path, err)
@@ -59,6 +63,10 @@ func Open(path string) (s *Store, err error) {
 	// A full read-only walk catches page-level damage now, at start, rather
 	// than as a surprise in the middle of an API call.
 	if err := st.check(); err != nil {
+		db.Close()
+		return nil, err
+	}
+	if err := st.upgrade(migrations); err != nil {
 		db.Close()
 		return nil, err
 	}
