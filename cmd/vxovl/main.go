@@ -36,6 +36,9 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "status" {
 		os.Exit(statusCommand(os.Args[2:], os.Stdout, os.Stderr))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "cleanup" {
+		os.Exit(cleanupCommand(os.Args[2:], os.Stdout, os.Stderr))
+	}
 	cfg, cfgErr := configFromEnv(os.LookupEnv)
 	// stdout: dockerd tags every line a managed plugin writes to stderr as
 	// level=error, which would drown real errors.

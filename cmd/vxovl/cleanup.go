@@ -1,0 +1,82 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/vxovl/vxovl/internal/dataplane"
+)
+
+// defaultCleanupNetnsDir is where cleanup looks for pinned overlay
+// namespaces without --netns-dir: NETNS_DIR as the plugin reads it.
+func defaultCleanupNetnsDir() string {
+	cfg, _ := configFromEnv(os.LookupEnv)
+	return cfg.NetnsDir
+}
+
+// cleanupCommand is `vxovl cleanup [--netns-dir DIR] [--dry-run]`, for a
+// host where the plugin will not start again (after `docker plugin rm`): it
+// removes the overlay namespaces pinned under DIR (with their bridges, VXLAN
+// devices and veths) and vxovl's links in this network namespace, and
+// nothing else (dataplane.OwnHostLink). Running it again finds nothing.
+// Exit 0 when nothing is left, 1 when something could not be removed, 2 for
+// bad usage.
+func cleanupCommand(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("vxovl cleanup", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	dir := fs.String("netns-dir", defaultCleanupNetnsDir(), "directory where the plugin pinned its overlay namespaces (its NETNS_DIR as seen from this host)")
+	dry := fs.Bool("dry-run", false, "list what would be removed, remove nothing")
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: vxovl cleanup [--netns-dir DIR] [--dry-run]\n\n"+
+			"Removes what vxovl left in the kernel on a host where the plugin will not run again: run it as root on\n"+
+			"the host after `docker plugin rm`. Do not run it while the plugin is enabled: its containers lose their network.\n\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
+		return 2
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "vxovl cleanup: unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return 2
+	}
+	return cleanup(*dir, *dry, stdout, stderr)
+}
+
+func cleanup(dir string, dry bool, stdout, stderr io.Writer) int {
+	found, err := dataplane.Leftovers(dir)
+	if err != nil {
+		fmt.Fprintf(stderr, "vxovl cleanup: %v\n", err)
+		return 1
+	}
+	if len(found) == 0 {
+		fmt.Fprintf(stdout, "nothing of vxovl's left (namespaces under %s, vxovl's links in this host's namespace)\n", dir)
+		return 0
+	}
+	if dry {
+		for _, l := range found {
+			fmt.Fprintf(stdout, "would remove %s\n", l)
+		}
+		return 0
+	}
+	failed := 0
+	for _, l := range found {
+		if err := dataplane.RemoveLeftover(l); err != nil {
+			fmt.Fprintf(stderr, "could not remove %s: %v\n", l, err)
+			failed++
+			continue
+		}
+		fmt.Fprintf(stdout, "removed %s\n", l)
+	}
+	if failed > 0 {
+		fmt.Fprintf(stderr, "vxovl cleanup: %d of %d not removed; fix the cause and run it again\n", failed, len(found))
+		return 1
+	}
+	return 0
+}
