@@ -358,11 +358,14 @@ func (l *Lab) PeersExcept(i int) string {
 	return strings.Join(peers, ",")
 }
 
-// Overlays lists the overlay namespaces vxovl pinned on host i, as paths on this machine
-// (under the plugin's propagated mount).
+// NetnsDir is host i's directory of overlay namespace pins (the plugin's netns mount, a shared
+// mount that lab.sh makes; the host's /run/vxovl on a real host).
+func (l *Lab) NetnsDir(i int) string { return filepath.Join(l.HostDir(i), "netns") }
+
+// Overlays lists the overlay namespaces vxovl pinned on host i, as paths on this machine.
 func (l *Lab) Overlays(t testing.TB, i int) []string {
 	t.Helper()
-	paths, err := filepath.Glob(filepath.Join(l.HostDir(i), "data", "plugins", "*", "propagated-mount", "netns", "*"))
+	paths, err := filepath.Glob(filepath.Join(l.NetnsDir(i), "vni-*"))
 	if err != nil {
 		t.Fatalf("listing overlay namespaces of host %d: %v", i, err)
 	}
