@@ -197,13 +197,6 @@ func hitless(t *testing.T, l *Lab, restart func(t *testing.T)) {
 	})
 	t.Logf("host 1's plugin caught up %v after the first command", time.Since(start).Round(time.Millisecond))
 
-	// A container started afterwards on host 1 reaches both; the pings run on meanwhile.
-	l.MustDocker(t, 1, "run", "-d", "--name", "c3", "--network", upNet, "vxovl/busybox", "sleep", "100000")
-	ip3 := l.ContainerIP(t, 1, "c3", upNet)
-	l.waitPing(t, 1, "c3", ip2, 20*time.Second)
-	l.waitPing(t, 2, "c2", ip3, 20*time.Second)
-	l.waitPing(t, 1, "c3", ip1, 10*time.Second)
-
 	for _, p := range []struct {
 		what string
 		stop func() (int, int)
@@ -234,6 +227,13 @@ func hitless(t *testing.T, l *Lab, restart func(t *testing.T)) {
 		}
 		return len(st.Members) == 2 && slices.Equal(named, []string{node + "@" + l.Addr(1)}), fmt.Sprint(st.Members)
 	})
+
+	// A container started afterwards on host 1 reaches both.
+	l.MustDocker(t, 1, "run", "-d", "--name", "c3", "--network", upNet, "vxovl/busybox", "sleep", "100000")
+	ip3 := l.ContainerIP(t, 1, "c3", upNet)
+	l.waitPing(t, 1, "c3", ip2, 20*time.Second)
+	l.waitPing(t, 2, "c2", ip3, 20*time.Second)
+	l.waitPing(t, 1, "c3", ip1, 10*time.Second)
 }
 
 // ifaceOf describes container c's interface holding ip: "name addr/len mac", or "" if none does.
