@@ -5,17 +5,14 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"os"
 
 	"github.com/vxovl/vxovl/internal/dataplane"
 )
 
-// defaultCleanupNetnsDir is where cleanup looks for pinned overlay
-// namespaces without --netns-dir: NETNS_DIR as the plugin reads it.
-func defaultCleanupNetnsDir() string {
-	cfg, _ := configFromEnv(os.LookupEnv)
-	return cfg.NetnsDir
-}
+// hostNetnsDir is where the plugin's overlay namespaces are pinned as seen
+// from the host: the default source of config.json's `netns` mount, which
+// the plugin sees as NETNS_DIR. cleanup runs on the host, so it looks here.
+const hostNetnsDir = "/run/vxovl"
 
 // cleanupCommand is `vxovl cleanup [--netns-dir DIR] [--dry-run]`, for a
 // host where the plugin will not start again (after `docker plugin rm`): it
@@ -27,7 +24,7 @@ func defaultCleanupNetnsDir() string {
 func cleanupCommand(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("vxovl cleanup", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	dir := fs.String("netns-dir", defaultCleanupNetnsDir(), "directory where the plugin pinned its overlay namespaces (its NETNS_DIR as seen from this host)")
+	dir := fs.String("netns-dir", hostNetnsDir, "host directory where the plugin pinned its overlay namespaces (the source of its netns mount)")
 	dry := fs.Bool("dry-run", false, "list what would be removed, remove nothing")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: vxovl cleanup [--netns-dir DIR] [--dry-run]\n\n"+

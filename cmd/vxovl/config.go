@@ -48,8 +48,9 @@ type Config struct {
 	// the plugin's `state` mount).
 	StateDir string
 	// NetnsDir is where overlay namespaces are pinned (NETNS_DIR, default
-	// /run/vxovl/netns under the plugin's propagated mount, so namespaces
-	// outlive the plugin process).
+	// /run/vxovl-netns: the plugin's `netns` mount, a shared host directory,
+	// so that the pins live in the host's mount namespace and the overlays
+	// outlive the plugin's own, through disable, enable and upgrade).
 	NetnsDir string
 	// DockerSocket is dockerd's Engine API socket, through which vxovl
 	// learns container names (DOCKER_SOCKET, default /run/host/docker.sock:
@@ -80,7 +81,7 @@ func configFromEnv(lookup func(string) (string, bool)) (Config, error) {
 		DeadTimeout:       10 * time.Second,
 		ReconcileInterval: 10 * time.Second,
 		StateDir:          "/var/lib/vxovl",
-		NetnsDir:          "/run/vxovl/netns",
+		NetnsDir:          "/run/vxovl-netns",
 		SocketPath:        "/run/docker/plugins/vxovl.sock",
 		DockerSocket:      "/run/host/docker.sock",
 		MetricsAddr:       DefaultMetricsAddr,

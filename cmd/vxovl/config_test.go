@@ -18,7 +18,7 @@ func TestConfigDefaults(t *testing.T) {
 		t.Fatal(err)
 	}
 	if c.GossipPort != 7947 || c.VXLANPort != 4789 || c.DeadTimeout != 10*time.Second || c.LogLevel != slog.LevelInfo ||
-		c.StateDir != "/var/lib/vxovl" || c.NetnsDir != "/run/vxovl/netns" || c.AdvertiseAddr != nil || len(c.Peers) != 0 ||
+		c.StateDir != "/var/lib/vxovl" || c.NetnsDir != "/run/vxovl-netns" || c.AdvertiseAddr != nil || len(c.Peers) != 0 ||
 		c.MetricsAddr != "127.0.0.1:9747" {
 		t.Fatalf("defaults: %+v", c)
 	}

@@ -305,7 +305,7 @@ start_dockerd() {
 	shift
 	d=$(hostdir "$i")
 	ns=$(hostns "$i")
-	mkdir -p "$d/data" "$d/exec" "$d/state" "$d/etc-docker/plugins" "$d/run"
+	mkdir -p "$d/data" "$d/exec" "$d/state" "$d/netns" "$d/etc-docker/plugins" "$d/run"
 	# The host's own /run/docker/plugins (plugin sockets, fifos) outlives a dockerd restart, as
 	# on a real host: --live-restore reattaches to the running plugin through it.
 	mkdir -p -m 0700 "$d/run-plugins"
@@ -316,6 +316,12 @@ start_dockerd() {
 	# --live-restore, as /run does on a real host: shared, so the next dockerd sees them.
 	mountpoint -q "$d/exec" || mount --bind "$d/exec" "$d/exec"
 	mount --make-shared "$d/exec"
+	# vxovl pins its overlay namespaces in its netns mount (this host's /run/vxovl): a shared
+	# mount, so that the pins live in this host's mount namespace and outlive the plugin's
+	# (docker plugin disable, upgrade). The machine's root is private: this is the one-time setup
+	# the README asks of such hosts.
+	mountpoint -q "$d/netns" || mount --bind "$d/netns" "$d/netns"
+	mount --make-shared "$d/netns"
 	[ -z "$LAB_REGISTRY" ] || regflag="--insecure-registry $LAB_REGISTRY"
 	# The host's resolver is the lab's (LAB_DNS), never the machine's: dockerd hands it to
 	# containers' embedded DNS and bind-mounts it into plugins with host networking.
@@ -559,7 +565,7 @@ cmd_reboot_host() {
 	for m in $(awk -v dir="$d" 'index($5, dir "/") == 1 { print $5 }' /proc/self/mountinfo | awk '{ print length, $0 }' | sort -rn | cut -d' ' -f2-); do
 		umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true
 	done
-	rm -rf --one-file-system "$d/exec" "$d/run-plugins"
+	rm -rf --one-file-system "$d/exec" "$d/run-plugins" "$d/netns"
 	ip netns del "$(hostns "$i")"
 	# The namespace's veth goes with it, but asynchronously: do not race its end in the wire.
 	ip -n "$WIRE" link del "w-h$i" 2>/dev/null || true
@@ -590,7 +596,7 @@ cmd_install_plugin() {
 		ldocker "$i" plugin create "$LAB_PLUGIN" "$LAB_PLUGIN_DIR" >/dev/null
 	fi
 	# The plugin reaches this host's dockerd through its own socket, not the machine's.
-	ldocker "$i" plugin set "$LAB_PLUGIN" "state.source=$d/state" "docker.source=$d/run" "$@"
+	ldocker "$i" plugin set "$LAB_PLUGIN" "state.source=$d/state" "netns.source=$d/netns" "docker.source=$d/run" "$@"
 	ldocker "$i" plugin enable "$LAB_PLUGIN" >/dev/null
 }
 
@@ -618,10 +624,10 @@ cmd_registry() {
 	log "registry on $LAB_REGISTRY"
 }
 
-# The overlay namespaces vxovl pinned under its propagated mount (/run/vxovl/netns/).
+# The overlay namespaces vxovl pinned in its netns mount (the host's /run/vxovl on a real host).
 cmd_overlays() {
 	local i=${1:?overlays I}
-	ls -1d "$(hostdir "$i")"/data/plugins/*/propagated-mount/netns/* 2>/dev/null || true
+	ls -1d "$(hostdir "$i")"/netns/vni-* 2>/dev/null || true
 }
 
 cmd_status() {

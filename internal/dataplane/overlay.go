@@ -44,7 +44,7 @@ const (
 var ErrNoNetwork = errors.New("overlay network does not exist")
 
 // Overlay manages overlay namespaces pinned under a directory, typically
-// /run/vxovl/netns. Methods are safe for concurrent use; changes are
+// /run/vxovl-netns. Methods are safe for concurrent use; changes are
 // serialized per Overlay.
 type Overlay struct {
 	dir string

@@ -412,13 +412,9 @@ func (l *Lab) mhEntries(t testing.TB, i int, vni uint32, c *mhContainer, present
 	})
 }
 
-// overlayPath is where host i's plugin pins the namespace of vni ("" if it has no plugin).
+// overlayPath is where host i's plugin pins the namespace of vni.
 func (l *Lab) mhOverlayPath(i int, vni uint32) string {
-	dirs, _ := filepath.Glob(filepath.Join(l.HostDir(i), "data", "plugins", "*", "propagated-mount", "netns"))
-	if len(dirs) == 0 {
-		return ""
-	}
-	return filepath.Join(dirs[0], fmt.Sprintf("vni-%d", vni))
+	return filepath.Join(l.NetnsDir(i), fmt.Sprintf("vni-%d", vni))
 }
 
 // overlay is host i's overlay namespace of vni; it fails the test when there is none.
@@ -427,9 +423,6 @@ func (l *Lab) mhOverlay(t testing.TB, i int, vni uint32) string {
 	var path string
 	poll.Until(t, 10*time.Second, fmt.Sprintf("host %d has an overlay namespace for VNI %d", i, vni), func() (bool, string) {
 		path = l.mhOverlayPath(i, vni)
-		if path == "" {
-			return false, "no plugin propagated mount"
-		}
 		_, err := os.Stat(path)
 		return err == nil, fmt.Sprint(err, "; pinned: ", l.Overlays(t, i))
 	})

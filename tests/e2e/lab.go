@@ -358,11 +358,23 @@ func (l *Lab) PeersExcept(i int) string {
 	return strings.Join(peers, ",")
 }
 
-// Overlays lists the overlay namespaces vxovl pinned on host i, as paths on this machine
-// (under the plugin's propagated mount).
+// NetnsDir is host i's directory of overlay namespace pins (the plugin's netns mount, a shared
+// mount that lab.sh makes; the host's /run/vxovl on a real host).
+func (l *Lab) NetnsDir(i int) string { return filepath.Join(l.HostDir(i), "netns") }
+
+// PluginMounts are the `docker plugin set` arguments that point host i's plugin mounts at the
+// host's own directories, as lab.sh install-plugin sets them. `docker plugin upgrade` resets
+// mount sources to the new version's defaults (it keeps env settings): set them again after it.
+func (l *Lab) PluginMounts(i int) []string {
+	d := l.HostDir(i)
+	return []string{"state.source=" + filepath.Join(d, "state"), "netns.source=" + l.NetnsDir(i),
+		"docker.source=" + filepath.Join(d, "run")}
+}
+
+// Overlays lists the overlay namespaces vxovl pinned on host i, as paths on this machine.
 func (l *Lab) Overlays(t testing.TB, i int) []string {
 	t.Helper()
-	paths, err := filepath.Glob(filepath.Join(l.HostDir(i), "data", "plugins", "*", "propagated-mount", "netns", "*"))
+	paths, err := filepath.Glob(filepath.Join(l.NetnsDir(i), "vni-*"))
 	if err != nil {
 		t.Fatalf("listing overlay namespaces of host %d: %v", i, err)
 	}
