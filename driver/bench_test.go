@@ -78,7 +78,7 @@ func newKernelDataplane(b *testing.B) nsDataplane {
 		b.Skip("needs root to create network namespaces")
 	}
 	dir := b.TempDir()
-	k := nsDataplane{host: filepath.Join(dir, "host"), ov: dataplane.New(filepath.Join(dir, "netns"), nil)}
+	k := nsDataplane{host: filepath.Join(dir, "host"), ov: dataplane.New(filepath.Join(dir, "netns"), "", nil)}
 	if err := dataplane.CreatePinned(k.host); err != nil {
 		b.Fatal(err)
 	}

@@ -23,7 +23,7 @@ func TestCleanupCommand(t *testing.T) {
 	}
 	t.Cleanup(func() { _ = dataplane.Unpin(hostNS) })
 	dir := filepath.Join(t.TempDir(), "netns")
-	ov := dataplane.New(dir, nil)
+	ov := dataplane.New(dir, "", nil)
 	t.Cleanup(func() { _ = dataplane.Do(hostNS, func() error { return ov.DeleteNetwork(7) }) })
 	err := dataplane.Do(hostNS, func() error {
 		return ov.EnsureNetwork(dataplane.NetworkSpec{VNI: 7, MTU: 1450, VTEP: []byte{10, 231, 0, 1}})

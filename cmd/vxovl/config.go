@@ -52,6 +52,11 @@ type Config struct {
 	// so that the pins live in the host's mount namespace and the overlays
 	// outlive the plugin's own, through disable, enable and upgrade).
 	NetnsDir string
+	// NetnsFallbackDir pins every overlay namespace a second time, under
+	// the plugin's propagated mount (NETNS_FALLBACK_DIR, default
+	// /run/vxovl/netns): that outlives a crash of the plugin even on a host
+	// where NetnsDir is not a shared mount, though not a disable.
+	NetnsFallbackDir string
 	// DockerSocket is dockerd's Engine API socket, through which vxovl
 	// learns container names (DOCKER_SOCKET, default /run/host/docker.sock:
 	// the plugin's `docker` mount).
@@ -82,6 +87,7 @@ func configFromEnv(lookup func(string) (string, bool)) (Config, error) {
 		ReconcileInterval: 10 * time.Second,
 		StateDir:          "/var/lib/vxovl",
 		NetnsDir:          "/run/vxovl-netns",
+		NetnsFallbackDir:  "/run/vxovl/netns",
 		SocketPath:        "/run/docker/plugins/vxovl.sock",
 		DockerSocket:      "/run/host/docker.sock",
 		MetricsAddr:       DefaultMetricsAddr,
@@ -150,7 +156,7 @@ func configFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	// the cluster keeps removal records (10 minutes) longer than that.
 	duration("DEAD_TIMEOUT", &c.DeadTimeout, 2*time.Second, 5*time.Minute)
 	duration("RECONCILE_INTERVAL", &c.ReconcileInterval, time.Second, time.Hour)
-	for name, dst := range map[string]*string{"STATE_DIR": &c.StateDir, "NETNS_DIR": &c.NetnsDir, "SOCKET": &c.SocketPath, "DOCKER_SOCKET": &c.DockerSocket} {
+	for name, dst := range map[string]*string{"STATE_DIR": &c.StateDir, "NETNS_DIR": &c.NetnsDir, "NETNS_FALLBACK_DIR": &c.NetnsFallbackDir, "SOCKET": &c.SocketPath, "DOCKER_SOCKET": &c.DockerSocket} {
 		if v := strings.TrimSpace(getenv(name)); v != "" {
 			*dst = v
 		}

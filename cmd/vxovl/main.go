@@ -148,7 +148,7 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 		"peers", strings.Join(cfg.Peers, ","), "default_mtu", mtu, "netns_dir", cfg.NetnsDir)
 
 	met := metrics.New(version)
-	dp := dataplane.New(cfg.NetnsDir, log.With("part", "kernel"))
+	dp := dataplane.New(cfg.NetnsDir, cfg.NetnsFallbackDir, log.With("part", "kernel"))
 	drv := driver.New(driver.Config{
 		VTEP: vtep, VXLANPort: cfg.VXLANPort, DefaultMTU: mtu,
 		ReconcileInterval: cfg.ReconcileInterval, RestoreGrace: 3 * cfg.DeadTimeout,

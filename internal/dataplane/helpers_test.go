@@ -98,7 +98,7 @@ type testHost struct {
 func newTestHost(t testing.TB, what string) *testHost {
 	t.Helper()
 	requireRoot(t)
-	h := &testHost{t: t, ns: newNS(t, what), ov: New(filepath.Join(t.TempDir(), "netns"), nil)}
+	h := &testHost{t: t, ns: newNS(t, what), ov: New(filepath.Join(t.TempDir(), "netns"), "", nil)}
 	t.Cleanup(func() {
 		err := Do(h.ns, func() error {
 			vnis, err := h.ov.Networks()

@@ -142,6 +142,27 @@ func CreatePinned(path string) error {
 	return nil
 }
 
+// PinAgain pins the namespace pinned at src at dst as well (a bind mount),
+// creating dst's directory and file; a stale file at dst is replaced.
+func PinAgain(src, dst string) error {
+	if err := os.MkdirAll(filepath.Dir(dst), 0o755); err != nil {
+		return fmt.Errorf("create namespace pin directory: %w", err)
+	}
+	if err := os.Remove(dst); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("remove stale namespace pin %s: %w", dst, err)
+	}
+	f, err := os.OpenFile(dst, os.O_RDONLY|os.O_CREATE|os.O_EXCL, 0o444)
+	if err != nil {
+		return fmt.Errorf("create namespace pin file: %w", err)
+	}
+	f.Close()
+	if err := unix.Mount(src, dst, "none", unix.MS_BIND, ""); err != nil {
+		_ = os.Remove(dst)
+		return fmt.Errorf("pin the namespace of %s at %s: %w", src, dst, err)
+	}
+	return nil
+}
+
 // Unpin unmounts and removes a namespace pin. The namespace itself is freed by
 // the kernel once nothing else (process, open fd, other mount) refers to it.
 // A missing pin is not an error.

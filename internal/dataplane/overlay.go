@@ -48,16 +48,70 @@ var ErrNoNetwork = errors.New("overlay network does not exist")
 // serialized per Overlay.
 type Overlay struct {
 	dir string
-	log *slog.Logger
-	mu  sync.Mutex
+	// fallback, when set, holds a second pin of every namespace (see
+	// New); "" for none.
+	fallback string
+	log      *slog.Logger
+	mu       sync.Mutex
+	pinMu    sync.Mutex // serialises adopting a namespace from its fallback pin
 }
 
-// New returns an Overlay pinning namespaces under dir. A nil log discards.
-func New(dir string, log *slog.Logger) *Overlay {
+// New returns an Overlay pinning namespaces under dir and, when fallback is
+// not "", under fallback too. The plugin pins in a host directory that
+// outlives it (dir, kept only if that directory is a shared mount) and in
+// its propagated mount (fallback, which outlives a crash of the plugin but
+// not its disable): a namespace found under only one of them is adopted
+// again under both, so a plugin restart keeps the overlays where either
+// survived. A nil log discards.
+func New(dir, fallback string, log *slog.Logger) *Overlay {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Overlay{dir: dir, log: log}
+	return &Overlay{dir: dir, fallback: fallback, log: log}
+}
+
+// fallbackPath is vni's pin under the fallback directory; "" without one.
+func (o *Overlay) fallbackPath(vni uint32) string {
+	if o.fallback == "" {
+		return ""
+	}
+	return filepath.Join(o.fallback, pinPrefix+strconv.FormatUint(uint64(vni), 10))
+}
+
+// adopt pins vni's namespace under dir from its fallback pin when only the
+// fallback holds it, and reports whether vni has a namespace.
+func (o *Overlay) adopt(vni uint32) (bool, error) {
+	o.pinMu.Lock()
+	defer o.pinMu.Unlock()
+	path := o.NamespacePath(vni)
+	if IsPinnedNetns(path) {
+		return true, nil
+	}
+	fb := o.fallbackPath(vni)
+	if fb == "" || !IsPinnedNetns(fb) {
+		return false, nil
+	}
+	if err := PinAgain(fb, path); err != nil {
+		return false, fmt.Errorf("VNI %d: re-adopting its namespace from %s: %w", vni, fb, err)
+	}
+	o.log.Warn("re-adopted an overlay namespace from the plugin's own mount: its pin in the netns "+
+		"directory did not survive the restart, so disable and upgrade will drop this host's overlays; "+
+		"make the netns mount's host directory a shared mount (README: Upgrades)", "vni", vni, "netns", path)
+	return true, nil
+}
+
+// keepFallback pins vni's namespace under the fallback directory too, when
+// it is not (a new network, or the propagated mount was emptied by a
+// disable).
+func (o *Overlay) keepFallback(vni uint32) error {
+	fb := o.fallbackPath(vni)
+	if fb == "" || IsPinnedNetns(fb) {
+		return nil
+	}
+	if err := PinAgain(o.NamespacePath(vni), fb); err != nil {
+		return fmt.Errorf("VNI %d: %w", vni, err)
+	}
+	return nil
 }
 
 // NetworkSpec describes one overlay network on this host.
@@ -107,14 +161,30 @@ func (o *Overlay) NetworkExists(vni uint32) bool {
 	return vxlan.CheckVNI(vni) == nil && IsPinnedNetns(o.NamespacePath(vni))
 }
 
-// Networks lists the VNIs with a live pinned namespace, in ascending order.
+// Networks lists the VNIs with a live pinned namespace (under dir or the
+// fallback), in ascending order.
 func (o *Overlay) Networks() ([]uint32, error) {
-	entries, err := os.ReadDir(o.dir)
+	vnis, err := pinnedVNIs(o.dir)
+	if err != nil || o.fallback == "" {
+		return vnis, err
+	}
+	more, err := pinnedVNIs(o.fallback)
+	if err != nil {
+		return nil, err
+	}
+	vnis = append(vnis, more...)
+	slices.Sort(vnis)
+	return slices.Compact(vnis), nil
+}
+
+// pinnedVNIs lists the VNIs with a live pin under dir, in ascending order.
+func pinnedVNIs(dir string) ([]uint32, error) {
+	entries, err := os.ReadDir(dir)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil, nil
 	}
 	if err != nil {
-		return nil, fmt.Errorf("list overlay namespaces in %s: %w", o.dir, err)
+		return nil, fmt.Errorf("list overlay namespaces in %s: %w", dir, err)
 	}
 	var vnis []uint32
 	for _, e := range entries {
@@ -126,7 +196,7 @@ func (o *Overlay) Networks() ([]uint32, error) {
 		if err != nil || vxlan.CheckVNI(uint32(n)) != nil || strconv.FormatUint(n, 10) != s {
 			continue
 		}
-		if IsPinnedNetns(filepath.Join(o.dir, e.Name())) {
+		if IsPinnedNetns(filepath.Join(dir, e.Name())) {
 			vnis = append(vnis, uint32(n))
 		}
 	}
@@ -166,7 +236,9 @@ func hostHandle() (*netlink.Handle, error) {
 // pinned. withHost also opens a host handle.
 func (o *Overlay) open(vni uint32, withHost bool) (*handles, error) {
 	path := o.NamespacePath(vni)
-	if !IsPinnedNetns(path) {
+	if have, err := o.adopt(vni); err != nil {
+		return nil, err
+	} else if !have {
 		return nil, fmt.Errorf("VNI %d (%s): %w", vni, path, ErrNoNetwork)
 	}
 	h := &handles{ns: netns.None()}
@@ -202,16 +274,27 @@ func (o *Overlay) EnsureNetwork(spec NetworkSpec) (err error) {
 
 	path := o.NamespacePath(spec.VNI)
 	createdNS := false
-	if !IsPinnedNetns(path) {
+	have, err := o.adopt(spec.VNI)
+	if err != nil {
+		return err
+	}
+	if !have {
 		if err := CreatePinned(path); err != nil {
 			return fmt.Errorf("create overlay namespace for VNI %d: %w", spec.VNI, err)
 		}
 		createdNS = true
 	}
+	if err := o.keepFallback(spec.VNI); err != nil {
+		if createdNS {
+			_ = Unpin(path)
+		}
+		return err
+	}
 	h, err := o.open(spec.VNI, true)
 	if err != nil {
 		if createdNS {
 			_ = Unpin(path)
+			_ = Unpin(o.fallbackPath(spec.VNI))
 		}
 		return err
 	}
@@ -409,6 +492,9 @@ func (o *Overlay) deleteNetwork(host *netlink.Handle, vni uint32) error {
 		return fmt.Errorf("VNI %d: %w", vni, err)
 	}
 	path := o.NamespacePath(vni)
+	if _, err := o.adopt(vni); err != nil {
+		return err
+	}
 	if IsPinnedNetns(path) {
 		// Delete the links explicitly instead of leaving it to namespace
 		// teardown, which the kernel runs asynchronously: the host-side veth
@@ -419,6 +505,11 @@ func (o *Overlay) deleteNetwork(host *netlink.Handle, vni uint32) error {
 	}
 	if err := Unpin(path); err != nil {
 		return fmt.Errorf("VNI %d: %w", vni, err)
+	}
+	if fb := o.fallbackPath(vni); fb != "" {
+		if err := Unpin(fb); err != nil {
+			return fmt.Errorf("VNI %d: %w", vni, err)
+		}
 	}
 	o.log.Info("overlay network deleted", "vni", vni)
 	return nil

@@ -392,7 +392,7 @@ func TestEndpointLifecycle(t *testing.T) {
 }
 
 func TestBadInput(t *testing.T) {
-	o := New(t.TempDir(), nil)
+	o := New(t.TempDir(), "", nil)
 	vtep := net.ParseIP("10.231.0.1")
 	mac := net.HardwareAddr{2, 0, 0, 0, 0, 1}
 	for name, spec := range map[string]NetworkSpec{
