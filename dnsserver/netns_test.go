@@ -2,7 +2,6 @@ package dnsserver
 
 import (
 	"net"
-	"os"
 	"path/filepath"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 	"github.com/vishvananda/netns"
 
 	"github.com/vxovl/vxovl/internal/dataplane"
+	"github.com/vxovl/vxovl/internal/testutil/kerneltest"
 )
 
 // TestForwardsFromTheProcessNamespace serves on sockets opened inside
@@ -20,9 +20,7 @@ import (
 // the only upstream listens on a loopback address there, which does not
 // exist in the namespace the query came from.
 func TestForwardsFromTheProcessNamespace(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("skipping: needs root to create a network namespace")
-	}
+	kerneltest.RequireRoot(t)
 	ns := filepath.Join(t.TempDir(), "overlay")
 	if err := dataplane.CreatePinned(ns); err != nil {
 		t.Fatal(err)

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"os"
 	"path/filepath"
 	"slices"
 	"sync"
@@ -20,6 +19,7 @@ import (
 	"github.com/vxovl/vxovl/cluster"
 	"github.com/vxovl/vxovl/internal/dataplane"
 	"github.com/vxovl/vxovl/internal/store"
+	"github.com/vxovl/vxovl/internal/testutil/kerneltest"
 )
 
 // nsDataplane is the real kernel dataplane used from inside a throwaway
@@ -74,9 +74,7 @@ func (k nsDataplane) SyncPeers(vni uint32, peers []dataplane.Peer, flood []net.I
 // every overlay namespace made from it, when the benchmark ends.
 func newKernelDataplane(b *testing.B) nsDataplane {
 	b.Helper()
-	if os.Geteuid() != 0 {
-		b.Skip("needs root to create network namespaces")
-	}
+	kerneltest.RequireRoot(b)
 	dir := b.TempDir()
 	k := nsDataplane{host: filepath.Join(dir, "host"), ov: dataplane.New(filepath.Join(dir, "netns"), "", nil)}
 	if err := dataplane.CreatePinned(k.host); err != nil {

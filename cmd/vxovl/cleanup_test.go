@@ -2,21 +2,19 @@ package main
 
 import (
 	"bytes"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/vxovl/vxovl/internal/dataplane"
+	"github.com/vxovl/vxovl/internal/testutil/kerneltest"
 )
 
 // TestCleanupCommand runs `vxovl cleanup` in a throwaway host namespace
 // holding one overlay: --dry-run lists it and removes nothing, the real run
 // removes it and says so, and a second run finds nothing.
 func TestCleanupCommand(t *testing.T) {
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
+	kerneltest.RequireRoot(t)
 	hostNS := filepath.Join(t.TempDir(), "host")
 	if err := dataplane.CreatePinned(hostNS); err != nil {
 		t.Fatal(err)

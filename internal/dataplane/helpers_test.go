@@ -12,38 +12,14 @@ import (
 
 	"github.com/vishvananda/netlink"
 	"github.com/vishvananda/netns"
+	"github.com/vxovl/vxovl/internal/testutil/kerneltest"
 	"golang.org/x/sys/unix"
 )
 
-// requireRoot stops a kernel test that cannot run without root: it skips it,
-// or fails it where the kernel tests must run (CI=true, VXOVL_REQUIRE_ROOT=1),
-// so that a CI job without root does not pass by running none of them.
+// requireRoot stops a kernel test that cannot run without root (see kerneltest).
 func requireRoot(t testing.TB) {
 	t.Helper()
-	fail, msg := withoutRoot(os.Geteuid(), os.Getenv)
-	switch {
-	case msg == "":
-	case fail:
-		t.Fatal(msg)
-	default:
-		t.Skip(msg)
-	}
-}
-
-// withoutRoot decides what a kernel test does for user euid: run (msg ""),
-// skip, or fail (fail true).
-func withoutRoot(euid int, getenv func(string) string) (fail bool, msg string) {
-	if euid == 0 {
-		return false, ""
-	}
-	const need = "needs root to create network namespaces and links"
-	switch ci := getenv("CI"); {
-	case getenv("VXOVL_REQUIRE_ROOT") == "1":
-		return true, need + ", and VXOVL_REQUIRE_ROOT=1 requires the kernel tests: run them as root"
-	case strings.EqualFold(ci, "true") || ci == "1":
-		return true, need + ", and CI=" + ci + " requires the kernel tests: run them as root in CI"
-	}
-	return false, "skipping: " + need + "; run as root (CI=true or VXOVL_REQUIRE_ROOT=1 turn this skip into a failure)"
+	kerneltest.RequireRoot(t)
 }
 
 // newNS pins a fresh namespace "vxk-<random>-<what>" under a temp dir, brings
@@ -200,27 +176,5 @@ func in(t testing.TB, path string, fn func() error) {
 	t.Helper()
 	if err := Do(path, fn); err != nil {
 		t.Fatal(err)
-	}
-}
-
-func TestWithoutRoot(t *testing.T) {
-	for _, c := range []struct {
-		euid     int
-		env      map[string]string
-		run      bool
-		wantFail bool
-	}{
-		{euid: 0, env: map[string]string{"CI": "true", "VXOVL_REQUIRE_ROOT": "1"}, run: true},
-		{euid: 1000, env: nil},
-		{euid: 1000, env: map[string]string{"CI": "false"}},
-		{euid: 1000, env: map[string]string{"VXOVL_REQUIRE_ROOT": "0"}},
-		{euid: 1000, env: map[string]string{"CI": "true"}, wantFail: true},
-		{euid: 1000, env: map[string]string{"CI": "1"}, wantFail: true},
-		{euid: 1000, env: map[string]string{"VXOVL_REQUIRE_ROOT": "1"}, wantFail: true},
-	} {
-		fail, msg := withoutRoot(c.euid, func(k string) string { return c.env[k] })
-		if (msg == "") != c.run || fail != c.wantFail {
-			t.Errorf("euid %d, env %v: fail=%v msg=%q; want run=%v fail=%v", c.euid, c.env, fail, msg, c.run, c.wantFail)
-		}
 	}
 }
