@@ -1,7 +1,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -32,16 +31,8 @@ func cleanupCommand(args []string, stdout, stderr io.Writer) int {
 			"the host after `docker plugin rm`. Do not run it while the plugin is enabled: its containers lose their network.\n\n")
 		fs.PrintDefaults()
 	}
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "vxovl cleanup: unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return 2
+	if code, done := parseFlags(fs, args, stderr); done {
+		return code
 	}
 	return cleanup(*dir, *dry, stdout, stderr)
 }

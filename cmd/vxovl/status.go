@@ -108,16 +108,8 @@ func statusCommand(args []string, stdout, stderr io.Writer) int {
 	socket := fs.String("socket", "", "the plugin's socket (default: the one found under /run/docker/plugins)")
 	addr := fs.String("addr", "", "the plugin's METRICS_ADDR, host:port (default when no socket is found: "+defaultStatusAddr+")")
 	asJSON := fs.Bool("json", false, "print the JSON, which lists every endpoint, instead of text")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return 0
-		}
-		return 2
-	}
-	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "vxovl status: unexpected argument %q\n", fs.Arg(0))
-		fs.Usage()
-		return 2
+	if code, done := parseFlags(fs, args, stderr); done {
+		return code
 	}
 	if *socket != "" && *addr != "" {
 		fmt.Fprintln(stderr, "vxovl status: give --socket or --addr, not both")
@@ -251,4 +243,22 @@ func unreachable(t statusTarget, err error) error {
 		hint = "is the plugin enabled (docker plugin ls), with METRICS_ADDR " + t.addr + "?"
 	}
 	return fmt.Errorf("cannot reach vxovl at %s: %w; %s", t, err, hint)
+}
+
+// parseFlags parses a command's flags (it takes no other arguments) and
+// says whether the command is done, with its exit code: 0 after -h, 2 for
+// bad usage.
+func parseFlags(fs *flag.FlagSet, args []string, stderr io.Writer) (code int, done bool) {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0, true
+		}
+		return 2, true
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "%s: unexpected argument %q\n", fs.Name(), fs.Arg(0))
+		fs.Usage()
+		return 2, true
+	}
+	return 0, false
 }
