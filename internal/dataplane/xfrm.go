@@ -129,13 +129,15 @@ func xfrmHandle() (*netlink.Handle, error) {
 	return h, nil
 }
 
-// EnsureXfrm makes the calling thread's namespace hold exactly sas and the
-// policies of ports among vxovl's XFRM state. It adds what is missing before
-// it removes what is stale, so during a rotation the new receive SAs are in
+// EnsureXfrm makes the calling thread's namespace hold sas and the policies
+// of ports among vxovl's XFRM state, and with prune nothing else of vxovl's
+// (without, it only adds: a restarted plugin that does not know its peers
+// yet keeps their SAs). It adds what is missing before it removes what is
+// stale, so during a rotation the new receive SAs are in
 // place before anything of the old generation goes, and a new send SA is in
 // place before the old one is removed. An SA whose key or source differs
 // from the wanted one is replaced. State of others is never touched.
-func EnsureXfrm(ports []int, sas []ipsec.SA) (XfrmResult, error) {
+func EnsureXfrm(ports []int, sas []ipsec.SA, prune bool) (XfrmResult, error) {
 	var res XfrmResult
 	want := make(map[stateKey]ipsec.SA, len(sas))
 	for _, sa := range sas {
@@ -173,7 +175,9 @@ func EnsureXfrm(ports []int, sas []ipsec.SA) (XfrmResult, error) {
 			delete(want, k)
 			continue
 		}
-		stale = append(stale, s)
+		if prune {
+			stale = append(stale, s)
+		}
 	}
 	// A wrong state under a wanted (dst, SPI) must go before its
 	// replacement can be added: the kernel keys states by it.
@@ -223,7 +227,9 @@ func EnsureXfrm(ports []int, sas []ipsec.SA) (XfrmResult, error) {
 			delete(wantPol, k)
 			continue
 		}
-		stalePol = append(stalePol, p)
+		if prune {
+			stalePol = append(stalePol, p)
+		}
 	}
 	for _, p := range wantPol {
 		if err := h.XfrmPolicyAdd(&p); err != nil && !errors.Is(err, unix.EEXIST) {
@@ -250,9 +256,17 @@ func EnsureXfrm(ports []int, sas []ipsec.SA) (XfrmResult, error) {
 // thread's namespace: policies first, so no packet meets a policy without
 // its SA in between.
 func RemoveXfrm() error {
-	_, err := EnsureXfrm(nil, nil)
+	_, err := EnsureXfrm(nil, nil, true)
 	return err
 }
+
+// EnsureXfrm is EnsureXfrm in the host namespace (the caller's).
+func (o *Overlay) EnsureXfrm(ports []int, sas []ipsec.SA, prune bool) (XfrmResult, error) {
+	return EnsureXfrm(ports, sas, prune)
+}
+
+// CheckESP is CheckESP in the host namespace (the caller's).
+func (o *Overlay) CheckESP() error { return CheckESP() }
 
 // XfrmStates lists vxovl's SAs in the calling thread's namespace, with the
 // kernel's counters.

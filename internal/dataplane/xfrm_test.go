@@ -83,7 +83,7 @@ func (p *xfrmPair) encrypt(t *testing.T, i int, gen uint64) XfrmResult {
 	}
 	var res XfrmResult
 	in(t, p.ns[i], func() (err error) {
-		res, err = EnsureXfrm([]int{testEncPort}, sas)
+		res, err = EnsureXfrm([]int{testEncPort}, sas, true)
 		return err
 	})
 	return res
@@ -163,13 +163,19 @@ func TestXfrmPolicyDropsCleartext(t *testing.T) {
 		Tmpls: []netlink.XfrmPolicyTmpl{{Src: net.IPv4zero, Dst: net.IPv4zero, Proto: netlink.XFRM_PROTO_ESP, Mode: netlink.XFRM_MODE_TRANSPORT, Reqid: 13}}}
 	in(t, p.ns[1], func() error { return netlink.XfrmPolicyAdd(&foreign) })
 	var res XfrmResult
-	in(t, p.ns[1], func() (err error) { res, err = EnsureXfrm([]int{testEncPort}, nil); return err })
+	in(t, p.ns[1], func() (err error) { res, err = EnsureXfrm([]int{testEncPort}, nil, true); return err })
 	if res.PoliciesAdded != 2 {
 		t.Fatalf("%+v, want 2 policies added", res)
 	}
-	in(t, p.ns[1], func() (err error) { res, err = EnsureXfrm([]int{testEncPort}, nil); return err })
+	in(t, p.ns[1], func() (err error) { res, err = EnsureXfrm([]int{testEncPort}, nil, true); return err })
 	if res.Changed() {
 		t.Fatalf("second EnsureXfrm changed %+v", res)
+	}
+	// Without prune (a restart that does not know its peers yet) nothing
+	// is removed.
+	in(t, p.ns[1], func() (err error) { res, err = EnsureXfrm(nil, nil, false); return err })
+	if res.Changed() {
+		t.Fatalf("EnsureXfrm without prune changed %+v", res)
 	}
 	before := xfrmStat(t, p.ns[1], "XfrmInNoPols") + xfrmStat(t, p.ns[1], "XfrmInTmplMismatch")
 	if err := p.talk(t, time.Second); err == nil {
@@ -278,7 +284,7 @@ func TestXfrmRepairsAndRotates(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			in(t, p.ns[i], func() error { _, err := EnsureXfrm([]int{testEncPort}, sas); return err })
+			in(t, p.ns[i], func() error { _, err := EnsureXfrm([]int{testEncPort}, sas, true); return err })
 		}
 		if err := p.talk(t, 5*time.Second); err != nil {
 			t.Fatalf("send %d receive %v: %v", send, recv, err)

@@ -89,6 +89,28 @@ func CheckSecret(secret []byte) error {
 	return nil
 }
 
+// ClusterSecret derives the cluster secret of the encrypted networks from
+// the gossip key: every host already shares it, and an encrypted data plane
+// beside a gossip anyone can write to would protect little. The derivation
+// (its own HKDF label) keeps the gossip key itself out of the SAs.
+func ClusterSecret(gossipKey []byte) ([]byte, error) {
+	if len(gossipKey) == 0 {
+		return nil, errors.New("encrypted networks need GOSSIP_KEY (the same on every host): set it with `docker plugin set vxovl GOSSIP_KEY=$(head -c32 /dev/urandom | base64)` while the plugin is disabled")
+	}
+	return hkdf.Key(sha256.New, gossipKey, nil, "vxovl ipsec v1 cluster secret", 32)
+}
+
+// Generation is the key generation of time t with keys rotating every
+// period: every host computes it from its clock, with no coordination.
+// Hosts accept the generations before and after their own (see Want), so
+// clocks may differ by up to a period.
+func Generation(unixSeconds int64, period int64) uint64 {
+	if period <= 0 || unixSeconds < 0 {
+		return 0
+	}
+	return uint64(unixSeconds / period)
+}
+
 // info is the HKDF context of the traffic from src to dst in generation
 // gen. The names are sorted and the direction added, so the one encoding
 // names the pair whichever side computes it; lengths prefix the names so

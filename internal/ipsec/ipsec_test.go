@@ -218,3 +218,31 @@ func TestSAsMembership(t *testing.T) {
 		t.Error("a short secret was accepted")
 	}
 }
+
+func TestClusterSecret(t *testing.T) {
+	if _, err := ClusterSecret(nil); err == nil || !strings.Contains(err.Error(), "GOSSIP_KEY") {
+		t.Fatalf("no gossip key: err = %v, want one naming GOSSIP_KEY", err)
+	}
+	gk := []byte("0123456789abcdef")
+	s, err := ClusterSecret(gk)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if CheckSecret(s) != nil || bytes.Contains(s, gk) {
+		t.Fatalf("secret %x unusable or contains the gossip key", s)
+	}
+	if s2, _ := ClusterSecret(gk); !bytes.Equal(s, s2) {
+		t.Fatal("two hosts with the same gossip key derive different secrets")
+	}
+}
+
+func TestGeneration(t *testing.T) {
+	for _, c := range []struct {
+		now, period int64
+		want        uint64
+	}{{0, 3600, 0}, {3599, 3600, 0}, {3600, 3600, 1}, {7300, 3600, 2}, {100, 0, 0}, {-5, 60, 0}} {
+		if got := Generation(c.now, c.period); got != c.want {
+			t.Errorf("Generation(%d, %d) = %d, want %d", c.now, c.period, got, c.want)
+		}
+	}
+}
