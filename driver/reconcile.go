@@ -217,6 +217,7 @@ func (d *Driver) endGrace(reason string) {
 		n.o.syncMu.Unlock()
 	}
 	d.count(&t)
+	d.syncXfrm(reason)
 }
 
 // syncDirty syncs the networks whose cluster view or local endpoints changed.

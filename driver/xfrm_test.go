@@ -156,3 +156,36 @@ func TestXfrmPeers(t *testing.T) {
 		t.Fatalf("peers %v, want b at 10.98.0.7", got)
 	}
 }
+
+// A plugin restart finds the SAs in the kernel and keeps them while the
+// cluster view comes back (re-adoption: no gap in traffic); once the view
+// is complete, what it no longer needs goes.
+func TestEncryptedRestartKeepsSAs(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "state.db")
+	dp := newFakeDataplane()
+	cfg := Config{NodeName: "a", IPsecSecret: testIPsecSecret, RestoreGrace: time.Hour}
+	h := startHarness(t, path, dp, cfg)
+	h.createNetwork(map[string]interface{}{"vni": "42", "encrypted": "true"})
+	h.createEndpoint(epID, "10.10.0.2/24")
+	h.g.setRemote(42, remoteEP("r1", "b", "10.98.0.2", 1))
+	h.drv.EndpointsChanged(42)
+	poll.True(t, 5*time.Second, "SAs for b", func() bool { _, sas := dp.xfrm(); return len(sas) == 4 })
+	h.stop()
+
+	h2 := startHarness(t, path, dp, cfg) // same kernel: only the plugin restarted
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h2.drv.Reconcile(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if ports, sas := dp.xfrm(); len(sas) != 4 || len(ports) != 1 {
+		t.Fatalf("during the restore grace the SAs went: ports %v, %d SAs", ports, len(sas))
+	}
+	h2.g.mu.Lock()
+	h2.g.caughtUp = true
+	h2.g.mu.Unlock()
+	poll.True(t, 5*time.Second, "b's SAs removed once the cluster view is complete without b", func() bool {
+		ports, sas := dp.xfrm()
+		return len(sas) == 0 && len(ports) == 1
+	})
+}

@@ -163,7 +163,7 @@ func EnsureXfrm(ports []int, sas []ipsec.SA, prune bool) (XfrmResult, error) {
 	if err != nil {
 		return res, fmt.Errorf("list XFRM states: %w", err)
 	}
-	var stale []netlink.XfrmState
+	var stale, wrong []netlink.XfrmState
 	for _, s := range have {
 		if s.Reqid != XfrmReqID {
 			continue
@@ -175,23 +175,20 @@ func EnsureXfrm(ports []int, sas []ipsec.SA, prune bool) (XfrmResult, error) {
 			delete(want, k)
 			continue
 		}
-		if prune {
+		switch {
+		case ok:
+			wrong = append(wrong, s)
+		case prune:
 			stale = append(stale, s)
 		}
 	}
-	// A wrong state under a wanted (dst, SPI) must go before its
-	// replacement can be added: the kernel keys states by it.
-	for i := 0; i < len(stale); {
-		s := stale[i]
-		if _, ok := want[stateKey{s.Dst.String(), uint32(s.Spi)}]; !ok {
-			i++
-			continue
-		}
+	// A wrong state under a wanted (dst, SPI) goes, prune or not, before
+	// its replacement is added: the kernel keys states by it.
+	for _, s := range wrong {
 		if err := h.XfrmStateDel(&s); err != nil && !errors.Is(err, unix.ESRCH) {
 			return res, fmt.Errorf("remove wrong XFRM state %s->%s spi 0x%08x: %w", s.Src, s.Dst, uint32(s.Spi), err)
 		}
 		res.StatesRemoved++
-		stale = slices.Delete(stale, i, i+1)
 	}
 	// Inbound first: by the time the peer switches to a new generation,
 	// or this host sends with one, the receiving side is ready.
