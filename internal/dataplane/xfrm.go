@@ -265,6 +265,38 @@ func (o *Overlay) EnsureXfrm(ports []int, sas []ipsec.SA, prune bool) (XfrmResul
 // CheckESP is CheckESP in the host namespace (the caller's).
 func (o *Overlay) CheckESP() error { return CheckESP() }
 
+// xfrmCounts counts vxovl's SAs and policies in the calling thread's
+// namespace; a kernel without XFRM has none.
+func xfrmCounts() (states, policies int, err error) {
+	h, err := netlink.NewHandle(unix.NETLINK_XFRM)
+	if errors.Is(err, unix.EPROTONOSUPPORT) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, fmt.Errorf("open xfrm netlink socket: %w", err)
+	}
+	defer h.Close()
+	all, err := dump(func() ([]netlink.XfrmState, error) { return h.XfrmStateList(netlink.FAMILY_V4) })
+	if err != nil {
+		return 0, 0, fmt.Errorf("list XFRM states: %w", err)
+	}
+	for _, s := range all {
+		if s.Reqid == XfrmReqID {
+			states++
+		}
+	}
+	pols, err := dump(func() ([]netlink.XfrmPolicy, error) { return h.XfrmPolicyList(netlink.FAMILY_V4) })
+	if err != nil {
+		return 0, 0, fmt.Errorf("list XFRM policies: %w", err)
+	}
+	for _, p := range pols {
+		if ownPolicy(p) {
+			policies++
+		}
+	}
+	return states, policies, nil
+}
+
 // XfrmStates lists vxovl's SAs in the calling thread's namespace, with the
 // kernel's counters.
 func XfrmStates() ([]netlink.XfrmState, error) {
