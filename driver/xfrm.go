@@ -3,6 +3,7 @@ package driver
 import (
 	"fmt"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/vxovl/vxovl/cluster"
@@ -48,18 +49,8 @@ func xfrmPeers(self string, eps []cluster.Endpoint) []ipsec.Node {
 	for name, ep := range newest {
 		out = append(out, ipsec.Node{Name: name, IP: ep.VTEP.To4()})
 	}
-	slices.SortFunc(out, func(a, b ipsec.Node) int { return cmpString(a.Name, b.Name) })
+	slices.SortFunc(out, func(a, b ipsec.Node) int { return strings.Compare(a.Name, b.Name) })
 	return out
-}
-
-func cmpString(a, b string) int {
-	switch {
-	case a < b:
-		return -1
-	case a > b:
-		return 1
-	}
-	return 0
 }
 
 // xfrmGenerations returns the generation to send with at now and the ones

@@ -2,6 +2,7 @@ package dataplane
 
 import (
 	"bytes"
+	"cmp"
 	"errors"
 	"fmt"
 	"net"
@@ -199,7 +200,7 @@ func EnsureXfrm(ports []int, sas []ipsec.SA, prune bool) (XfrmResult, error) {
 			}
 		}
 	})
-	slices.SortFunc(missing, func(a, b ipsec.SA) int { return int(a.Dir) - int(b.Dir) })
+	slices.SortFunc(missing, func(a, b ipsec.SA) int { return cmp.Compare(a.Dir, b.Dir) })
 	for _, sa := range missing {
 		if err := h.XfrmStateAdd(xfrmState(sa)); err != nil && !errors.Is(err, unix.EEXIST) {
 			if noESP(err) {
