@@ -241,9 +241,9 @@ func (c *Cluster) PublishNetwork(n Network) error {
 	_, err = c.publish(kindNetwork, networkKey(n.VNI), func(uint64) []byte { return encodeNetworkValue(n) }, func() error {
 		for _, o := range c.nets.remote(n.VNI) {
 			if !sameNetwork(o, n) {
-				return fmt.Errorf("VNI %d: node %q defines subnet %s MTU %d, this node wants subnet %s MTU %d; "+
-					"use the same subnet and MTU on every host or pick another VNI: %w",
-					n.VNI, o.Node, o.Subnet, o.MTU, n.Subnet, n.MTU, ErrConflict)
+				return fmt.Errorf("VNI %d: node %q defines %s, this node wants %s; "+
+					"use the same subnet, MTU and encrypted option on every host or pick another VNI: %w",
+					n.VNI, o.Node, o.definition(), n.definition(), ErrConflict)
 			}
 		}
 		return nil

@@ -6,6 +6,7 @@ import (
 	"net"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -398,6 +399,10 @@ func TestNetworkConflict(t *testing.T) {
 	}
 	if err := b.PublishNetwork(Network{VNI: 100, Subnet: "10.50.0.0/24", MTU: 1400}); !errors.Is(err, ErrConflict) {
 		t.Fatalf("different MTU: err = %v, want ErrConflict", err)
+	}
+	enc := b.PublishNetwork(Network{VNI: 100, Subnet: "10.50.0.0/24", MTU: 1450, Encrypted: true})
+	if !errors.Is(enc, ErrConflict) || !strings.Contains(enc.Error(), "encrypted=true") {
+		t.Fatalf("encrypted where a has it clear: err = %v, want ErrConflict naming encrypted=true", enc)
 	}
 	t.Logf("conflict error: %v", err)
 	// After a withdraws, b may redefine it.

@@ -6,13 +6,20 @@ import (
 	"net/netip"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/vxovl/vxovl/internal/vxlan"
 )
 
 // Networks are records of kind "net", keyed by the VNI in decimal, whose
-// value is the MTU (uvarint) and the canonical subnet.
+// value is the MTU (uvarint) and the canonical subnet, followed by
+// encryptedSuffix for an encrypted network. An unencrypted network's
+// record is what it was before encryption existed; a host too old to know
+// the suffix rejects an encrypted network's record rather than join it in
+// clear.
 const kindNetwork = "net"
+
+const encryptedSuffix = ";encrypted"
 
 // networkKind is the built-in kind behind PublishNetwork and Networks.
 func networkKind(idx *networkIndex) *kind {
@@ -63,7 +70,11 @@ func checkNetwork(n Network) (Network, error) {
 
 func encodeNetworkValue(n Network) []byte {
 	b := binary.AppendUvarint(nil, uint64(n.MTU))
-	return append(b, n.Subnet...)
+	b = append(b, n.Subnet...)
+	if n.Encrypted {
+		b = append(b, encryptedSuffix...)
+	}
+	return b
 }
 
 func decodeNetwork(owner string, w wireRecord) (Network, error) {
@@ -75,17 +86,25 @@ func decodeNetwork(owner string, w wireRecord) (Network, error) {
 	if k <= 0 || mtu > vxlan.MaxMTU {
 		return Network{}, fmt.Errorf("network value: bad MTU")
 	}
-	n, err := checkNetwork(Network{VNI: vni, Subnet: string(w.Value[k:]), MTU: int(mtu), Node: owner})
+	subnet, encrypted := strings.CutSuffix(string(w.Value[k:]), encryptedSuffix)
+	n, err := checkNetwork(Network{VNI: vni, Subnet: subnet, MTU: int(mtu), Encrypted: encrypted, Node: owner})
 	if err != nil {
 		return Network{}, err
 	}
-	if n.Subnet != string(w.Value[k:]) {
-		return Network{}, fmt.Errorf("network subnet %q not canonical", w.Value[k:])
+	if n.Subnet != subnet {
+		return Network{}, fmt.Errorf("network subnet %q not canonical", subnet)
 	}
 	return n, nil
 }
 
-func sameNetwork(a, b Network) bool { return a.Subnet == b.Subnet && a.MTU == b.MTU }
+// definition is how errors show what hosts must agree on.
+func (n Network) definition() string {
+	return fmt.Sprintf("subnet %s MTU %d encrypted=%t", n.Subnet, n.MTU, n.Encrypted)
+}
+
+func sameNetwork(a, b Network) bool {
+	return a.Subnet == b.Subnet && a.MTU == b.MTU && a.Encrypted == b.Encrypted
+}
 
 // networkIndex holds the live network definitions by VNI and owner, for
 // Networks and for noticing a remote definition that disagrees with ours.

@@ -52,7 +52,10 @@ type Network struct {
 	VNI    uint32
 	Subnet string // IPv4 CIDR, e.g. "10.10.0.0/24"; stored in canonical (masked) form
 	MTU    int
-	Node   string // set by the cluster
+	// Encrypted networks carry their VXLAN over IPsec; every host of a
+	// VNI must agree on it, as on the subnet and MTU.
+	Encrypted bool
+	Node      string // set by the cluster
 }
 
 // Handler receives change notifications. Calls come from a single goroutine,

@@ -112,3 +112,24 @@ func FuzzDecode(f *testing.F) {
 		}
 	})
 }
+
+func TestNetworkValueRoundTrip(t *testing.T) {
+	for _, n := range []Network{
+		{VNI: 7, Subnet: "10.0.0.0/24", MTU: 1450},
+		{VNI: 7, Subnet: "10.0.0.0/24", MTU: 1410, Encrypted: true},
+	} {
+		w := wireRecord{Kind: kindNetwork, Key: networkKey(n.VNI), Value: encodeNetworkValue(n)}
+		got, err := decodeNetwork("a", w)
+		if err != nil {
+			t.Fatalf("%+v: %v", n, err)
+		}
+		n.Node = "a"
+		if got != n {
+			t.Errorf("round trip of %+v gave %+v", n, got)
+		}
+	}
+	// An unencrypted network's record is what older versions wrote.
+	if got := string(encodeNetworkValue(Network{VNI: 7, Subnet: "10.0.0.0/24", MTU: 1450})[2:]); got != "10.0.0.0/24" {
+		t.Errorf("unencrypted record value %q changed its format", got)
+	}
+}

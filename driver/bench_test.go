@@ -18,6 +18,7 @@ import (
 
 	"github.com/vxovl/vxovl/cluster"
 	"github.com/vxovl/vxovl/internal/dataplane"
+	"github.com/vxovl/vxovl/internal/ipsec"
 	"github.com/vxovl/vxovl/internal/store"
 	"github.com/vxovl/vxovl/internal/testutil/kerneltest"
 )
@@ -33,6 +34,13 @@ func (k nsDataplane) in(fn func() error) error { return dataplane.Do(k.host, fn)
 
 func (k nsDataplane) EnsureNetwork(s dataplane.NetworkSpec) error {
 	return k.in(func() error { return k.ov.EnsureNetwork(s) })
+}
+
+func (k nsDataplane) CheckESP() error { return k.in(k.ov.CheckESP) }
+
+func (k nsDataplane) EnsureXfrm(ports []int, sas []ipsec.SA, prune bool) (res dataplane.XfrmResult, err error) {
+	err = k.in(func() (err error) { res, err = k.ov.EnsureXfrm(ports, sas, prune); return err })
+	return res, err
 }
 
 // ListenDNS opens the sockets inside the overlay namespace, which the

@@ -24,6 +24,7 @@ import (
 	"github.com/vxovl/vxovl/cluster"
 	"github.com/vxovl/vxovl/dnsserver"
 	"github.com/vxovl/vxovl/internal/dataplane"
+	"github.com/vxovl/vxovl/internal/ipsec"
 	"github.com/vxovl/vxovl/internal/store"
 	"github.com/vxovl/vxovl/internal/vxlan"
 )
@@ -42,6 +43,11 @@ type Dataplane interface {
 	// ListenDNS opens the sockets of a network's name server inside its
 	// overlay namespace.
 	ListenDNS(vni uint32, addr netip.Addr, port int) (net.PacketConn, net.Listener, error)
+	// CheckESP reports whether the host's kernel can run encrypted networks.
+	CheckESP() error
+	// EnsureXfrm installs the SAs and the policies of the encrypted
+	// networks' port (ports empty: none); prune removes vxovl's others.
+	EnsureXfrm(ports []int, sas []ipsec.SA, prune bool) (dataplane.XfrmResult, error)
 }
 
 // Gossip is the part of the cluster the driver uses.
@@ -57,8 +63,20 @@ type Gossip interface {
 type Config struct {
 	// VTEP is this node's underlay IPv4 address, the source of its VXLAN packets.
 	VTEP net.IP
-	// VXLANPort is the UDP port of every overlay on this node. Default 4789.
+	// VXLANPort is the UDP port of every unencrypted overlay on this node.
+	// Default 4789.
 	VXLANPort int
+	// EncryptedPort is the UDP port of every encrypted overlay. Default
+	// vxlan.DefaultEncryptedPort.
+	EncryptedPort int
+	// NodeName is this node's cluster name, its identity in the keys of
+	// encrypted networks.
+	NodeName string
+	// IPsecSecret is the cluster secret the keys of encrypted networks are
+	// derived from; nil: encrypted networks are refused.
+	IPsecSecret []byte
+	// KeyRotation is how long a key generation lasts. Default 1h.
+	KeyRotation time.Duration
 	// DefaultMTU is used for networks without -o mtu; the plugin sets it to the
 	// underlay interface's MTU minus 50. Default 1450.
 	DefaultMTU int
@@ -81,6 +99,12 @@ type Config struct {
 func (c *Config) setDefaults() {
 	if c.VXLANPort == 0 {
 		c.VXLANPort = vxlan.DefaultPort
+	}
+	if c.EncryptedPort == 0 {
+		c.EncryptedPort = vxlan.DefaultEncryptedPort
+	}
+	if c.KeyRotation == 0 {
+		c.KeyRotation = time.Hour
 	}
 	if c.DefaultMTU == 0 {
 		c.DefaultMTU = vxlan.DefaultMTU
@@ -124,11 +148,16 @@ type Driver struct {
 	// mu guards everything below and the overlays' endpoints. API calls hold
 	// it through their kernel and store work; the reconcile loop takes it
 	// only for snapshots and counters (lock order: an overlay's syncMu, then mu).
-	mu       sync.Mutex
-	gossip   Gossip              // set by Start, before the loop and the API start
-	networks map[string]*overlay // by Docker network ID
-	byVNI    map[uint32]*overlay
-	stats    Stats
+	mu     sync.Mutex
+	gossip Gossip // set by Start, before the loop and the API start
+	// xfrmKeep (restored, within the restore grace) stops syncXfrm from
+	// removing SAs; xfrmIdle says no IPsec state of vxovl's is left, so a
+	// host without encrypted networks does not list XFRM on every sync.
+	// Both are used only by Start and then the loop's goroutine.
+	xfrmKeep, xfrmIdle bool
+	networks           map[string]*overlay // by Docker network ID
+	byVNI              map[uint32]*overlay
+	stats              Stats
 	// unfinished are clean-ups of networks and endpoints Docker has already
 	// forgotten (it goes on after a failed delete) whose kernel or store
 	// step failed, by what they remove; the reconcile loop retries them.
@@ -201,7 +230,7 @@ func (o *overlay) endpointSpec(ep *endpoint) dataplane.EndpointSpec {
 
 // clusterNetwork is the definition of o that the cluster compares across hosts.
 func (o *overlay) clusterNetwork() cluster.Network {
-	return cluster.Network{VNI: o.VNI, Subnet: o.Subnet, MTU: o.MTU}
+	return cluster.Network{VNI: o.VNI, Subnet: o.Subnet, MTU: o.MTU, Encrypted: o.Encrypted}
 }
 
 // clusterEndpoint is what the cluster announces of ep.
@@ -228,7 +257,7 @@ func New(cfg Config, dp Dataplane, st *store.Store) *Driver {
 }
 
 func (d *Driver) spec(o *overlay) dataplane.NetworkSpec {
-	return dataplane.NetworkSpec{VNI: o.VNI, Gateway: o.gateway, MTU: o.MTU, VTEP: d.cfg.VTEP, Port: d.cfg.VXLANPort}
+	return dataplane.NetworkSpec{VNI: o.VNI, Gateway: o.gateway, MTU: o.MTU, VTEP: d.cfg.VTEP, Port: d.port(o.Encrypted)}
 }
 
 // GetCapabilities: the driver keeps its state per host (local scope) but its
@@ -253,7 +282,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	o := &overlay{
 		networkRecord: networkRecord{
 			ID: req.NetworkID, VNI: opts.VNI, Subnet: pool.Subnet.String(),
-			MTU: opts.MTU, Flood: opts.Flood, Internal: opts.Internal, NoDNS: opts.NoDNS,
+			MTU: opts.MTU, Flood: opts.Flood, Internal: opts.Internal, NoDNS: opts.NoDNS, Encrypted: opts.Encrypted,
 		},
 		subnet:    pool.Subnet,
 		gateway:   pool.Gateway,
@@ -267,6 +296,14 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	}
 	if o.MTU == 0 {
 		o.MTU = d.cfg.DefaultMTU
+		if o.Encrypted {
+			o.MTU -= vxlan.ESPOverhead
+		}
+	}
+	if o.Encrypted {
+		if err := d.canEncrypt(); err != nil {
+			return err
+		}
 	}
 
 	d.mu.Lock()
@@ -297,7 +334,7 @@ func (d *Driver) CreateNetwork(req *network.CreateNetworkRequest) error {
 	d.networks[o.ID] = o
 	d.byVNI[o.VNI] = o
 	d.managed.Store(o.ID, struct{}{})
-	d.log.Info("network created", "network", short(o.ID), "vni", o.VNI, "subnet", o.Subnet, "mtu", o.MTU, "flood", o.Flood)
+	d.log.Info("network created", "network", short(o.ID), "vni", o.VNI, "subnet", o.Subnet, "mtu", o.MTU, "flood", o.Flood, "encrypted", o.Encrypted)
 	// Peers may already have endpoints in this overlay: program them now.
 	d.markDirty(o.VNI)
 	return nil
@@ -349,6 +386,9 @@ func (d *Driver) DeleteNetwork(req *network.DeleteNetworkRequest) error {
 	}))
 	if err := errors.Join(errs...); err != nil {
 		return err
+	}
+	if o.Encrypted {
+		d.markDirty(o.VNI) // the next sync drops what only it needed of IPsec
 	}
 	d.log.Info("network deleted", "network", short(o.ID), "vni", o.VNI)
 	return nil

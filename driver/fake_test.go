@@ -12,6 +12,7 @@ import (
 
 	"github.com/vxovl/vxovl/cluster"
 	"github.com/vxovl/vxovl/internal/dataplane"
+	"github.com/vxovl/vxovl/internal/ipsec"
 )
 
 // fakeDataplane keeps the kernel's state as plain maps, for testing the
@@ -34,6 +35,9 @@ type fakeDataplane struct {
 	dns map[uint32]string
 	// ensured counts EnsureEndpoint calls per endpoint.
 	ensured map[string]int
+	// sas and xfrmPorts are the IPsec state EnsureXfrm installed.
+	sas       []ipsec.SA
+	xfrmPorts []int
 }
 
 func newFakeDataplane() *fakeDataplane {
@@ -86,6 +90,34 @@ func (f *fakeDataplane) ListenDNS(vni uint32, addr netip.Addr, port int) (net.Pa
 		return pc, ln, nil
 	}
 	return nil, nil, errors.New("no free loopback port for UDP and TCP")
+}
+
+func (f *fakeDataplane) CheckESP() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.fail("CheckESP")
+}
+
+// EnsureXfrm keeps the SAs and ports as given; without prune it keeps the
+// ones it had too.
+func (f *fakeDataplane) EnsureXfrm(ports []int, sas []ipsec.SA, prune bool) (dataplane.XfrmResult, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if err := f.fail("EnsureXfrm"); err != nil {
+		return dataplane.XfrmResult{}, err
+	}
+	if !prune {
+		for _, sa := range f.sas {
+			if !slices.ContainsFunc(sas, func(s ipsec.SA) bool { return s.Dst.Equal(sa.Dst) && s.SPI == sa.SPI }) {
+				sas = append(sas, sa)
+			}
+		}
+		if len(ports) == 0 {
+			ports = f.xfrmPorts
+		}
+	}
+	f.xfrmPorts, f.sas = slices.Clone(ports), slices.Clone(sas)
+	return dataplane.XfrmResult{StatesAdded: len(sas)}, nil
 }
 
 func (f *fakeDataplane) dnsAddr(vni uint32) string {

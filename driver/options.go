@@ -24,6 +24,8 @@ const (
 	OptMTU   = "mtu"
 	OptFlood = "flood"
 	OptDNS   = "dns"
+	// OptEncrypted carries the network's VXLAN over IPsec.
+	OptEncrypted = "encrypted"
 )
 
 // networkOptions is what the user asked for, before defaults are applied.
@@ -33,6 +35,8 @@ type networkOptions struct {
 	Flood    bool
 	Internal bool
 	NoDNS    bool
+	// Encrypted: the overlay's VXLAN goes over IPsec (ESP).
+	Encrypted bool
 }
 
 func parseNetworkOptions(opts map[string]interface{}) (networkOptions, error) {
@@ -82,6 +86,12 @@ func parseNetworkOptions(opts map[string]interface{}) (networkOptions, error) {
 				return o, fmt.Errorf("bad -o dns=%q: want true or false", s)
 			}
 			o.NoDNS = !b
+		case OptEncrypted:
+			b, err := boolValue(val)
+			if err != nil {
+				return o, fmt.Errorf("bad -o encrypted=%q: want true or false", s)
+			}
+			o.Encrypted = b
 		case internalOptionKey:
 			// Some Docker versions put --internal among the generic options.
 			b, err := boolValue(val)
@@ -93,7 +103,7 @@ func parseNetworkOptions(opts map[string]interface{}) (networkOptions, error) {
 			if strings.HasPrefix(key, "com.docker.") {
 				continue // Docker's own labels, not for us
 			}
-			return o, fmt.Errorf("unknown option -o %s: vxovl knows %s, %s, %s and %s", key, OptVNI, OptMTU, OptFlood, OptDNS)
+			return o, fmt.Errorf("unknown option -o %s: vxovl knows %s, %s, %s, %s and %s", key, OptVNI, OptMTU, OptFlood, OptDNS, OptEncrypted)
 		}
 	}
 	return o, nil

@@ -27,6 +27,9 @@ func (d *Driver) Start(ctx context.Context, g Gossip) error {
 	for _, n := range nets {
 		restored = restored || len(n.o.restored) > 0
 	}
+	// Until the cluster view is back, keep the SAs the kernel still has:
+	// traffic to peers not yet heard of goes on (re-adoption).
+	d.xfrmKeep = restored
 	d.syncNetworks(nets, "restore", false)
 	d.loop.Go(func() { d.run(ctx, restored) })
 	return nil
@@ -200,6 +203,7 @@ type caughtUp interface{ CaughtUp() bool }
 // endGrace drops the remote entries remembered from before the restart.
 func (d *Driver) endGrace(reason string) {
 	d.log.Info("dropping the remote entries remembered from before the restart", "reason", reason)
+	d.xfrmKeep = false
 	d.mu.Lock()
 	nets := d.snapshotLocked(d.networks)
 	d.mu.Unlock()
@@ -213,6 +217,7 @@ func (d *Driver) endGrace(reason string) {
 		n.o.syncMu.Unlock()
 	}
 	d.count(&t)
+	d.syncXfrm(reason)
 }
 
 // syncDirty syncs the networks whose cluster view or local endpoints changed.
@@ -353,6 +358,7 @@ func (d *Driver) syncNetworks(nets []netSnapshot, reason string, repair bool) {
 		n.o.syncMu.Unlock()
 	}
 	d.count(&t)
+	d.syncXfrm(reason)
 }
 
 // syncNetworkLocked brings one network's kernel state to what is desired:

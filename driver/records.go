@@ -28,6 +28,8 @@ type networkRecord struct {
 	Internal bool `json:",omitempty"`
 	// NoDNS turns the network's name server off (-o dns=false).
 	NoDNS bool `json:",omitempty"`
+	// Encrypted carries the network's VXLAN over IPsec (-o encrypted=true).
+	Encrypted bool `json:",omitempty"`
 	// Name is the network's Docker name, learned from the Engine API (a
 	// driver is told only the ID): the zone of its names (name.<network>).
 	Name string `json:",omitempty"`

@@ -23,6 +23,7 @@ import (
 	"github.com/vxovl/vxovl/cluster"
 	"github.com/vxovl/vxovl/driver"
 	"github.com/vxovl/vxovl/internal/dataplane"
+	"github.com/vxovl/vxovl/internal/ipsec"
 	"github.com/vxovl/vxovl/internal/store"
 	"github.com/vxovl/vxovl/internal/testutil/poll"
 	"github.com/vxovl/vxovl/ipam"
@@ -35,7 +36,11 @@ type nullDataplane struct{}
 func (nullDataplane) EnsureNetwork(dataplane.NetworkSpec) error { return nil }
 func (nullDataplane) DeleteNetwork(uint32) error                { return nil }
 func (nullDataplane) Health(dataplane.NetworkSpec) error        { return nil }
-func (nullDataplane) Networks() ([]uint32, error)               { return nil, nil }
+func (nullDataplane) CheckESP() error                           { return nil }
+func (nullDataplane) EnsureXfrm([]int, []ipsec.SA, bool) (dataplane.XfrmResult, error) {
+	return dataplane.XfrmResult{}, nil
+}
+func (nullDataplane) Networks() ([]uint32, error) { return nil, nil }
 func (nullDataplane) EnsureEndpoint(s dataplane.EndpointSpec) (string, error) {
 	return "vx" + s.ID[:8], nil
 }

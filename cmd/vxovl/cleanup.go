@@ -44,7 +44,7 @@ func cleanup(dir string, dry bool, stdout, stderr io.Writer) int {
 		return 1
 	}
 	if len(found) == 0 {
-		fmt.Fprintf(stdout, "nothing of vxovl's left (namespaces under %s, vxovl's links in this host's namespace)\n", dir)
+		fmt.Fprintf(stdout, "nothing of vxovl's left (namespaces under %s, vxovl's links and IPsec state in this host's namespace)\n", dir)
 		return 0
 	}
 	if dry {

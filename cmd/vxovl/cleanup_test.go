@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -41,13 +42,19 @@ func TestCleanupCommand(t *testing.T) {
 		return code, out.String() + errOut.String()
 	}
 	pin := ov.NamespacePath(7)
-	if code, out := run("--dry-run"); code != 0 || out != "would remove overlay namespace "+pin+"\n" {
+	// The IPsec policies of an encrypted network (no SAs: this kernel may
+	// lack ESP) are left too.
+	if err := dataplane.Do(hostNS, func() error { _, err := ov.EnsureXfrm([]int{4800}, nil, true); return err }); err != nil {
+		t.Fatal(err)
+	}
+	ipsecLine := fmt.Sprintf("IPsec state (0 SAs, 2 policies with reqid %#x)", dataplane.XfrmReqID)
+	if code, out := run("--dry-run"); code != 0 || out != "would remove overlay namespace "+pin+"\nwould remove "+ipsecLine+"\n" {
 		t.Fatalf("--dry-run: exit %d, %q", code, out)
 	}
 	if !dataplane.IsPinnedNetns(pin) {
 		t.Fatal("--dry-run removed the namespace")
 	}
-	if code, out := run(); code != 0 || out != "removed overlay namespace "+pin+"\n" {
+	if code, out := run(); code != 0 || out != "removed overlay namespace "+pin+"\nremoved "+ipsecLine+"\n" {
 		t.Fatalf("cleanup: exit %d, %q", code, out)
 	}
 	if dataplane.IsPinnedNetns(pin) {

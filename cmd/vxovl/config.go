@@ -28,6 +28,12 @@ type Config struct {
 	GossipPort int
 	// VXLANPort is the VXLAN UDP port (VXLAN_PORT, default 4789).
 	VXLANPort int
+	// EncryptedPort is the VXLAN UDP port of encrypted networks
+	// (ENCRYPTED_VXLAN_PORT, default 4800).
+	EncryptedPort int
+	// KeyRotation is how long a generation of IPsec keys lasts
+	// (KEY_ROTATION, default 1h).
+	KeyRotation time.Duration
 	// GossipKey turns on gossip encryption and authentication (GOSSIP_KEY,
 	// base64 of 16, 24 or 32 bytes).
 	GossipKey []byte
@@ -82,6 +88,8 @@ func configFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	c := Config{
 		GossipPort:        7947,
 		VXLANPort:         vxlan.DefaultPort,
+		EncryptedPort:     vxlan.DefaultEncryptedPort,
+		KeyRotation:       time.Hour,
 		LogLevel:          slog.LevelInfo,
 		DeadTimeout:       10 * time.Second,
 		ReconcileInterval: 10 * time.Second,
@@ -119,8 +127,12 @@ func configFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	}
 	port("GOSSIP_PORT", &c.GossipPort)
 	port("VXLAN_PORT", &c.VXLANPort)
+	port("ENCRYPTED_VXLAN_PORT", &c.EncryptedPort)
 	if c.GossipPort == c.VXLANPort {
 		bad("VXLAN_PORT", strconv.Itoa(c.VXLANPort), "a UDP port other than GOSSIP_PORT's")
+	}
+	if c.EncryptedPort == c.VXLANPort || c.EncryptedPort == c.GossipPort {
+		bad("ENCRYPTED_VXLAN_PORT", strconv.Itoa(c.EncryptedPort), "a UDP port other than VXLAN_PORT's and GOSSIP_PORT's")
 	}
 	if v := strings.TrimSpace(getenv("GOSSIP_KEY")); v != "" {
 		k, err := base64.StdEncoding.DecodeString(v)
@@ -156,6 +168,7 @@ func configFromEnv(lookup func(string) (string, bool)) (Config, error) {
 	// the cluster keeps removal records (10 minutes) longer than that.
 	duration("DEAD_TIMEOUT", &c.DeadTimeout, 2*time.Second, 5*time.Minute)
 	duration("RECONCILE_INTERVAL", &c.ReconcileInterval, time.Second, time.Hour)
+	duration("KEY_ROTATION", &c.KeyRotation, time.Minute, 168*time.Hour)
 	for name, dst := range map[string]*string{"STATE_DIR": &c.StateDir, "NETNS_DIR": &c.NetnsDir, "NETNS_FALLBACK_DIR": &c.NetnsFallbackDir, "SOCKET": &c.SocketPath, "DOCKER_SOCKET": &c.DockerSocket} {
 		if v := strings.TrimSpace(getenv(name)); v != "" {
 			*dst = v

@@ -19,7 +19,7 @@ func TestConfigDefaults(t *testing.T) {
 	}
 	if c.GossipPort != 7947 || c.VXLANPort != 4789 || c.DeadTimeout != 10*time.Second || c.LogLevel != slog.LevelInfo ||
 		c.StateDir != "/var/lib/vxovl" || c.NetnsDir != "/run/vxovl-netns" || c.AdvertiseAddr != nil || len(c.Peers) != 0 ||
-		c.MetricsAddr != "127.0.0.1:9747" {
+		c.MetricsAddr != "127.0.0.1:9747" || c.EncryptedPort != 4800 || c.KeyRotation != time.Hour {
 		t.Fatalf("defaults: %+v", c)
 	}
 }
@@ -29,13 +29,15 @@ func TestConfigParsesEverything(t *testing.T) {
 		"PEERS": " 10.98.0.2, 10.98.0.3:7000 ,", "ADVERTISE_ADDR": "10.98.0.1", "GOSSIP_PORT": "7000",
 		"VXLAN_PORT": "4790", "GOSSIP_KEY": "MDEyMzQ1Njc4OWFiY2RlZg==", "MTU": "1400", "NODE_NAME": "h1",
 		"LOG_LEVEL": "debug", "DEAD_TIMEOUT": "5s", "RECONCILE_INTERVAL": "2s",
+		"ENCRYPTED_VXLAN_PORT": "4801", "KEY_ROTATION": "10m",
 	}))
 	if err != nil {
 		t.Fatal(err)
 	}
 	if strings.Join(c.Peers, "|") != "10.98.0.2|10.98.0.3:7000" || c.AdvertiseAddr.String() != "10.98.0.1" ||
 		c.GossipPort != 7000 || c.VXLANPort != 4790 || len(c.GossipKey) != 16 || c.MTU != 1400 || c.NodeName != "h1" ||
-		c.LogLevel != slog.LevelDebug || c.DeadTimeout != 5*time.Second || c.ReconcileInterval != 2*time.Second {
+		c.LogLevel != slog.LevelDebug || c.DeadTimeout != 5*time.Second || c.ReconcileInterval != 2*time.Second ||
+		c.EncryptedPort != 4801 || c.KeyRotation != 10*time.Minute {
 		t.Fatalf("parsed: %+v", c)
 	}
 }
@@ -44,6 +46,7 @@ func TestConfigBadValuesNameTheVariable(t *testing.T) {
 	for k, v := range map[string]string{
 		"ADVERTISE_ADDR": "not-an-ip", "GOSSIP_PORT": "70000", "VXLAN_PORT": "x", "GOSSIP_KEY": "c2hvcnQ=",
 		"MTU": "100", "LOG_LEVEL": "loud", "DEAD_TIMEOUT": "1ms", "RECONCILE_INTERVAL": "soon",
+		"ENCRYPTED_VXLAN_PORT": "0", "KEY_ROTATION": "1s",
 	} {
 		_, err := configFromEnv(envOf(map[string]string{k: v}))
 		if err == nil || !strings.Contains(err.Error(), k) {
@@ -53,6 +56,8 @@ func TestConfigBadValuesNameTheVariable(t *testing.T) {
 	for name, env := range map[string]map[string]string{
 		"VXLAN_PORT":   {"GOSSIP_PORT": "4789"}, // the default VXLAN port
 		"DEAD_TIMEOUT": {"DEAD_TIMEOUT": "1h"},  // beyond the cluster's removal records
+		// encrypted networks need their own port for the IPsec policies
+		"ENCRYPTED_VXLAN_PORT": {"ENCRYPTED_VXLAN_PORT": "4789"},
 	} {
 		if _, err := configFromEnv(envOf(env)); err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("%v: err = %v, want one naming %s", env, err, name)

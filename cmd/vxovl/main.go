@@ -20,6 +20,8 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/vxovl/vxovl/internal/ipsec"
+
 	"github.com/vxovl/vxovl/cluster"
 	"github.com/vxovl/vxovl/dnsserver"
 	"github.com/vxovl/vxovl/driver"
@@ -144,13 +146,22 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 	if _, err := st.Get(bucketNode, keyVersion, &floor); err != nil {
 		return fail(err)
 	}
-	log.Info("starting vxovl", "node", name, "vtep", vtep, "vxlan_port", cfg.VXLANPort, "gossip_port", cfg.GossipPort,
+	log.Info("starting vxovl", "node", name, "vtep", vtep, "vxlan_port", cfg.VXLANPort, "encrypted_vxlan_port", cfg.EncryptedPort, "gossip_port", cfg.GossipPort,
 		"peers", strings.Join(cfg.Peers, ","), "default_mtu", mtu, "netns_dir", cfg.NetnsDir)
 
 	met := metrics.New(version)
 	dp := dataplane.New(cfg.NetnsDir, cfg.NetnsFallbackDir, log.With("part", "kernel"))
+	// Encrypted networks key from GOSSIP_KEY; without it they are refused
+	// at create time, with the reason.
+	var ipsecSecret []byte
+	if len(cfg.GossipKey) > 0 {
+		if ipsecSecret, err = ipsec.ClusterSecret(cfg.GossipKey); err != nil {
+			return fail(err)
+		}
+	}
 	drv := driver.New(driver.Config{
 		VTEP: vtep, VXLANPort: cfg.VXLANPort, DefaultMTU: mtu,
+		EncryptedPort: cfg.EncryptedPort, NodeName: name, IPsecSecret: ipsecSecret, KeyRotation: cfg.KeyRotation,
 		ReconcileInterval: cfg.ReconcileInterval, RestoreGrace: 3 * cfg.DeadTimeout,
 		DNS:      dnsserver.Config{Log: log.With("part", "dns")},
 		Logger:   log.With("part", "driver"),

@@ -17,6 +17,7 @@ const (
 	LeftoverStalePin  = "stale pin file"    // a vni-<N> file no namespace is mounted on
 	LeftoverVxlan     = "vxlan device"      // a temporary VXLAN device (tempVxlanName) left in the host namespace
 	LeftoverVeth      = "veth"              // a container end (HostIfName) Docker never moved into a container
+	LeftoverIPsec     = "IPsec state"       // the SAs and policies of encrypted networks (reqid XfrmReqID), as one
 )
 
 // Leftover is one kernel object of vxovl's dataplane, found by Leftovers.
@@ -102,6 +103,13 @@ func Leftovers(dir string) ([]Leftover, error) {
 			out = append(out, Leftover{Kind: kind, Name: l.Attrs().Name})
 		}
 	}
+	states, policies, err := xfrmCounts()
+	if err != nil {
+		return nil, err
+	}
+	if states+policies > 0 {
+		out = append(out, Leftover{Kind: LeftoverIPsec, Name: fmt.Sprintf("(%d SAs, %d policies with reqid %#x)", states, policies, XfrmReqID)})
+	}
 	return out, nil
 }
 
@@ -140,6 +148,8 @@ func RemoveLeftover(l Leftover) error {
 			return fmt.Errorf("link %s is now a %s, not vxovl's %s: left alone", l.Name, link.Type(), l.Kind)
 		}
 		return deleteLink(h, l.Name)
+	case LeftoverIPsec:
+		return RemoveXfrm()
 	}
 	return fmt.Errorf("unknown kind of leftover %q", l.Kind)
 }

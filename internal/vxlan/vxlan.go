@@ -26,6 +26,15 @@ const (
 	MaxMTU = 9216 - Overhead
 	// DefaultMTU is the overlay MTU on a standard 1500-byte underlay.
 	DefaultMTU = 1500 - Overhead
+	// ESPOverhead is what IPsec ESP in transport mode with AES-GCM adds to
+	// an encrypted network's VXLAN packets: ESP header (8) + IV (8) + ICV
+	// (16) + trailer (2) + up to 3 bytes of padding, rounded up to 40. An
+	// encrypted network's default MTU is the plain default minus this.
+	ESPOverhead = 40
+	// DefaultEncryptedPort is the VXLAN UDP port of encrypted networks. Their
+	// own port lets the kernel's IPsec policies select their traffic by port
+	// alone, and drop cleartext aimed at it, without touching the others'.
+	DefaultEncryptedPort = 4800
 )
 
 // CheckVNI reports whether vni is a usable VXLAN network identifier.
