@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -31,7 +32,10 @@ var restartSettings = []string{"RECONCILE_INTERVAL=2s", "DEAD_TIMEOUT=3s"}
 
 const (
 	rsSubnet = "10.131.0.0/24"
-	rsNet    = "rs"
+	// rsGateway is the network's gateway on both hosts, and so its name server. Without
+	// --gateway, Docker's IPAM takes each host's gateway from its --ip-range.
+	rsGateway = "10.131.0.1"
+	rsNet     = "rs"
 )
 
 // restartLab is a 2-host lab with vxovl on both, one network "rs" and a container on each host
@@ -43,14 +47,23 @@ func restartLab(t *testing.T) *Lab {
 		l.InstallPlugin(t, i, append([]string{"PEERS=" + l.PeersExcept(i)}, restartSettings...)...)
 	}
 	for i := 1; i <= 2; i++ {
-		l.MustDocker(t, i, "network", "create", "-d", Driver, "--subnet", rsSubnet,
+		l.MustDocker(t, i, "network", "create", "-d", Driver, "--subnet", rsSubnet, "--gateway", rsGateway,
 			"--ip-range", fmt.Sprintf("10.131.0.%d/26", i*64), rsNet)
 		l.MustDocker(t, i, "run", "-d", "--restart=always", "--stop-timeout=1", "--name", "c"+strconv.Itoa(i), "--network", rsNet,
-			"vxovl/busybox", "sleep", "100000")
+			"--dns", rsGateway, "vxovl/busybox", "sleep", "100000")
 	}
 	l.waitPing(t, 1, "c1", l.ContainerIP(t, 2, "c2", rsNet), 30*time.Second)
 	l.waitPing(t, 2, "c2", l.ContainerIP(t, 1, "c1", rsNet), 30*time.Second)
 	return l
+}
+
+// waitName waits until container c on host i resolves name to ip through vxovl's name server.
+func (l *Lab) waitName(t testing.TB, i int, c, name, ip string, timeout time.Duration) {
+	t.Helper()
+	poll.Until(t, timeout, fmt.Sprintf("%s on host %d resolves %s to %s", c, i, name, ip), func() (bool, string) {
+		out, err := l.Docker(t, i, "exec", c, "nslookup", name)
+		return err == nil && slices.Contains(nslookupAddrs(out), netip.MustParseAddr(ip)), out
+	})
 }
 
 // waitPing waits until container c on host i gets a ping reply from ip.
@@ -246,6 +259,8 @@ func TestDockerdRestartAndReboot(t *testing.T) {
 		l.waitPing(t, 1, "c1", ip2, 60*time.Second)
 		t.Logf("c1 reaches c2 %v after the restart began", time.Since(start).Round(time.Millisecond))
 		l.waitPing(t, 2, "c2", l.ContainerIP(t, 1, "c1", rsNet), 30*time.Second)
+		// The name server is back with the overlay, and knows the other host's container.
+		l.waitName(t, 1, "c1", "c2", ip2, 30*time.Second)
 		l.checkNoLeftovers(t)
 	})
 
@@ -286,6 +301,9 @@ func TestDockerdRestartAndReboot(t *testing.T) {
 		l.waitPing(t, 1, "c1", ip2, 60*time.Second)
 		l.waitPing(t, 2, "c2", l.ContainerIP(t, 1, "c1", rsNet), 30*time.Second)
 		t.Logf("overlay works again %v after the reboot began", time.Since(start).Round(time.Millisecond))
+		l.waitName(t, 1, "c1", "c2", ip2, 30*time.Second)
+		l.waitName(t, 2, "c2", "c1", l.ContainerIP(t, 1, "c1", rsNet), 30*time.Second)
+		t.Logf("names resolve again %v after the reboot began", time.Since(start).Round(time.Millisecond))
 		l.checkNoLeftovers(t)
 		// A new container after the reboot joins normally too.
 		l.MustDocker(t, 1, "run", "-d", "--name", "c4", "--network", rsNet, "vxovl/busybox", "sleep", "100000")
