@@ -97,7 +97,9 @@ func (d *Driver) explicit(p *pool, want string, aux bool) (netip.Addr, error) {
 
 // checkExplicitLocked refuses an explicit address that is in use here or
 // that another node holds. Aux addresses are exempt from the latter: every
-// host reserves the same ones for the same network.
+// host reserves the same ones for the same network. An address in one of
+// this node's blocks is still refused when another node pinned it: a block
+// claimed after the pin holds it carved out (the claim's ACKs name it).
 func (d *Driver) checkExplicitLocked(p *pool, a netip.Addr, aux bool) error {
 	if d.allocs[a] != nil {
 		return fmt.Errorf("address %s is already in use on this host", a)
@@ -105,13 +107,17 @@ func (d *Driver) checkExplicitLocked(p *pool, a netip.Addr, aux bool) error {
 	if d.gatewaysLocked(p.Subnet)[a] {
 		return fmt.Errorf("address %s is the gateway of subnet %s", a, p.Subnet)
 	}
-	if aux || d.ownerBlockLocked(a) != nil {
+	if aux {
 		return nil
 	}
+	ownBlock := d.ownerBlockLocked(a) != nil
 	q := netip.PrefixFrom(a, 32)
 	for _, r := range d.sortedKnownLocked() {
 		if r.Prefix.Contains(a) && !r.Aux {
 			if r.isBlock() {
+				if ownBlock {
+					continue // an overlap of blocks is a conflict, reported as one
+				}
 				return fmt.Errorf("address %s lies in address block %s held by node %s; pick an address outside the blocks other hosts hold, "+
 					"or omit --ip to let vxovl choose", a, r.Prefix, r.Owner)
 			}
