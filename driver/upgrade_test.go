@@ -1,12 +1,11 @@
 package driver
 
 import (
-	"os"
-	"path/filepath"
 	"slices"
 	"testing"
 
 	"github.com/vxovl/vxovl/internal/store"
+	"github.com/vxovl/vxovl/internal/store/storetest"
 )
 
 // TestStateOfThePreviousRelease: the networks and endpoints the release
@@ -15,15 +14,7 @@ import (
 // re-announced, and their claims stamped on that first publish; the peers
 // last programmed are programmed again until the cluster says otherwise.
 func TestStateOfThePreviousRelease(t *testing.T) {
-	b, err := os.ReadFile("../internal/store/testdata/state-v0.db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "state.db")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	h := startHarness(t, path, newFakeDataplane(), Config{})
+	h := startHarness(t, storetest.StateV0(t), newFakeDataplane(), Config{})
 
 	nets := h.drv.Networks()
 	if len(nets) != 2 {

@@ -2,28 +2,12 @@ package ipam
 
 import (
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 
 	"github.com/docker/go-plugins-helpers/ipam"
+	"github.com/vxovl/vxovl/internal/store/storetest"
 )
-
-// stateV0 copies the state file the release before versioned state wrote
-// (see internal/store/testdata/state-v0-generator) to a temporary path.
-func stateV0(t *testing.T) string {
-	t.Helper()
-	b, err := os.ReadFile("../internal/store/testdata/state-v0.db")
-	if err != nil {
-		t.Fatal(err)
-	}
-	path := filepath.Join(t.TempDir(), "state.db")
-	if err := os.WriteFile(path, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return path
-}
 
 // TestStateOfThePreviousRelease: the pools, blocks and addresses the release
 // before (one pool shared by the networks of a definition, allocations with
@@ -32,7 +16,7 @@ func stateV0(t *testing.T) string {
 // again, and a new network of the same definition gets a pool of its own.
 func TestStateOfThePreviousRelease(t *testing.T) {
 	n := newFakeNet(t)
-	d := startNode(t, n, "oldhost-a1b2c3", stateV0(t), Config{}).d
+	d := startNode(t, n, "oldhost-a1b2c3", storetest.StateV0(t), Config{}).d
 	got := d.Pools()
 	if len(got) != 2 || got[0].Subnet.String() != "10.10.0.0/24" || got[0].Blocks != 1 || got[0].Addresses != 4 ||
 		got[1].Subnet.String() != "10.20.0.0/24" || got[1].Blocks != 1 || got[1].Addresses != 1 {

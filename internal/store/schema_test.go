@@ -11,6 +11,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/vxovl/vxovl/internal/store/storetest"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -33,20 +34,6 @@ func dump(t *testing.T, path string) map[string]string {
 		t.Fatal(err)
 	}
 	return out
-}
-
-// copyFile copies src to a new file in a temporary directory.
-func copyFile(t *testing.T, src string) string {
-	t.Helper()
-	b, err := os.ReadFile(src)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dst := filepath.Join(t.TempDir(), "state.db")
-	if err := os.WriteFile(dst, b, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	return dst
 }
 
 func readFile(t *testing.T, path string) []byte {
@@ -74,7 +61,7 @@ func TestMigrationsLeadToSchemaVersion(t *testing.T) {
 // it is stamped with the current version, a copy of it is kept, its records
 // are what they were, and a second Open changes nothing.
 func TestOpenMigratesThePreviousFormat(t *testing.T) {
-	path := copyFile(t, "testdata/state-v0.db")
+	path := storetest.StateV0(t)
 	before := dump(t, path)
 	if _, ok := before[bucketMeta+"/"+keySchema]; ok {
 		t.Fatal("testdata/state-v0.db has a schema version")
