@@ -44,7 +44,7 @@ func percentile(d []time.Duration, p float64) time.Duration {
 }
 
 // BenchmarkPropagation measures the time until an endpoint published on
-// one node is known on every other node, at 10, 50 and 100 memberlist
+// one node is known on every other node (all of them have its network), at 10, 50 and 100 memberlist
 // instances in this process on 127.0.0.1. Each sample uses a fresh VNI so
 // the first handler call on a node marks arrival. Defaults otherwise
 // (DeadTimeout 10s => probe 1s, gossip 200ms, push/pull 30s).
@@ -57,9 +57,13 @@ func BenchmarkPropagation(b *testing.B) {
 			for range b.N {
 				hs := make([]*firstSeen, n)
 				nodes := make([]*Cluster, n)
+				var vnis []uint32
+				for s := range samples {
+					vnis = append(vnis, uint32(1000+s))
+				}
 				for i := range n {
 					hs[i] = &firstSeen{}
-					o := nodeOpts{dead: 10 * time.Second}
+					o := nodeOpts{dead: 10 * time.Second, nets: vnis}
 					if i > 0 {
 						o.peers = []string{addr(nodes[0])}
 					}
@@ -133,7 +137,8 @@ func BenchmarkPropagation(b *testing.B) {
 func BenchmarkJoinLearn(b *testing.B) {
 	const owners, per, vnis = 10, 1000, 10
 	for range b.N {
-		nodes := startCluster(b, owners, nodeOpts{dead: 10 * time.Second})
+		nets := []uint32{1, 2, 3, 4, 5, 6, 7, 8, 9, 10}
+		nodes := startCluster(b, owners, nodeOpts{dead: 10 * time.Second, nets: nets})
 		for i, c := range nodes {
 			for j := range per {
 				ip := net.IPv4(10, byte(i), byte(j>>8), byte(j&0xff)+1)
@@ -153,14 +158,14 @@ func BenchmarkJoinLearn(b *testing.B) {
 		}
 		poll.True(b, 60*time.Second, "existing nodes converge", func() bool { return total(nodes[0]) == (owners-1)*per })
 		start := time.Now()
-		joiner := startNode(b, "joiner", nodeOpts{dead: 10 * time.Second, peers: []string{addr(nodes[0])}}, nil)
+		joiner := startNode(b, "joiner", nodeOpts{dead: 10 * time.Second, nets: nets, peers: []string{addr(nodes[0])}}, nil)
 		d := poll.True(b, 60*time.Second, "joiner learns 10,000 endpoints", func() bool { return total(joiner) == owners*per })
 		_ = start
 		b.ReportMetric(float64(d.Microseconds())/1000, "learn-10k-ms")
 		b.ReportMetric(float64(len(encodeState(func() stateMsg {
 			joiner.mu.Lock()
 			defer joiner.mu.Unlock()
-			return joiner.t.snapshot(1, 0, false)
+			return joiner.t.snapshot(1, 0, cover{cluster: true, nets: map[uint32]struct{}{1: {}, 2: {}, 3: {}, 4: {}, 5: {}, 6: {}, 7: {}, 8: {}, 9: {}, 10: {}}}, false)
 		}())))/1024, "state-KiB")
 		for _, c := range append(nodes, joiner) {
 			c.Shutdown()
@@ -198,6 +203,7 @@ func BenchmarkTableMemory(b *testing.B) {
 				runtime.GC()
 				runtime.ReadMemStats(&before)
 				c := newTestCluster("self")
+				haveNets(b, c, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 				for i := range owners {
 					c.t.setAlive(fmt.Sprintf("n%d", i), true, nil)
 				}
@@ -206,7 +212,7 @@ func BenchmarkTableMemory(b *testing.B) {
 				}
 				runtime.GC()
 				runtime.ReadMemStats(&after)
-				if live, _ := c.t.count(); live != owners*per || c.Stats().RecordsMalformed != 0 {
+				if live, _ := c.t.count(); live != owners*per+10 || c.Stats().RecordsMalformed != 0 {
 					b.Fatalf("table holds %d records (%d malformed), want %d", live, c.Stats().RecordsMalformed, owners*per)
 				}
 				perEP = float64(int64(after.HeapAlloc)-int64(before.HeapAlloc)) / (owners * per)

@@ -24,7 +24,11 @@ type nodeOpts struct {
 	fast  bool // short gossip/push-pull intervals for many nodes in one process
 	peers []string
 	minV  uint64 // Config.MinVersion: the version floor a restarted node persisted
+	nets  []uint32 // networks the node has (PublishNetwork at start), so it holds their endpoints
 }
+
+// testNets are the networks of the tests that are not about interest.
+var testNets = []uint32{3, 5, 7, 9, 42}
 
 type recorder struct {
 	mu   sync.Mutex
@@ -77,6 +81,7 @@ func startNode(t testing.TB, name string, o nodeOpts, h Handler) *Cluster {
 		t.Fatalf("start %s: %v", name, err)
 	}
 	t.Cleanup(func() { c.Shutdown() })
+	haveNets(t, c, o.nets...)
 	return c
 }
 
@@ -119,9 +124,9 @@ func startCluster(t testing.TB, n int, o nodeOpts) []*Cluster {
 
 func TestPublishWithdrawPropagate(t *testing.T) {
 	rec := &recorder{}
-	a := startNode(t, "a", nodeOpts{}, nil)
-	b := startNode(t, "b", nodeOpts{peers: []string{addr(a)}}, rec)
-	c := startNode(t, "c", nodeOpts{peers: []string{addr(a)}}, nil)
+	a := startNode(t, "a", nodeOpts{nets: testNets}, nil)
+	b := startNode(t, "b", nodeOpts{nets: testNets, peers: []string{addr(a)}}, rec)
+	c := startNode(t, "c", nodeOpts{nets: testNets, peers: []string{addr(a)}}, nil)
 	poll.True(t, 5*time.Second, "3 members", func() bool { return a.alive.Load() == 3 && b.alive.Load() == 3 && c.alive.Load() == 3 })
 
 	ep := testEP(42, "ep-a", 2)
@@ -199,7 +204,7 @@ func TestPublishWithdrawPropagate(t *testing.T) {
 
 func TestKilledNodeRemovedAndRestored(t *testing.T) {
 	const dead = 2 * time.Second
-	nodes := startCluster(t, 4, nodeOpts{dead: dead})
+	nodes := startCluster(t, 4, nodeOpts{dead: dead, nets: testNets})
 	victim := nodes[3]
 	port := victim.cfg.BindPort
 	for i := range 3 {
@@ -218,7 +223,7 @@ func TestKilledNodeRemovedAndRestored(t *testing.T) {
 	t.Logf("dead node's endpoints removed everywhere after %v (DeadTimeout %v)", time.Since(start), dead)
 
 	// Restart with the same name and port, having lost one endpoint.
-	back := startNode(t, "n3", nodeOpts{dead: dead, port: port, peers: []string{addr(nodes[0])}}, nil)
+	back := startNode(t, "n3", nodeOpts{dead: dead, nets: testNets, port: port, peers: []string{addr(nodes[0])}}, nil)
 	for i := range 2 {
 		if _, err := back.PublishEndpoint(testEP(9, fmt.Sprintf("v%d", i), byte(10+i))); err != nil {
 			t.Fatal(err)
@@ -237,7 +242,7 @@ func TestKilledNodeRemovedAndRestored(t *testing.T) {
 // declared the node dead, which would drop all its records and pass the
 // test for the wrong reason.
 func TestFastRestartExpiresStaleRecords(t *testing.T) {
-	o := nodeOpts{dead: 30 * time.Second}
+	o := nodeOpts{dead: 30 * time.Second, nets: testNets}
 	nodes := startCluster(t, 3, o)
 	v := nodes[2]
 	for i, id := range []string{"gone", "kept"} {
@@ -300,7 +305,7 @@ func TestRestartKeepsClaimOrder(t *testing.T) {
 		{"after peers saw it die", 2 * time.Second, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			o := nodeOpts{dead: tc.dead}
+			o := nodeOpts{dead: tc.dead, nets: testNets}
 			nodes := startCluster(t, 3, o)
 			older, newer, observer := nodes[0], nodes[1], nodes[2]
 			ep := testEP(5, "old", 7)
@@ -353,16 +358,16 @@ func TestRestartKeepsClaimOrder(t *testing.T) {
 
 func TestEncryption(t *testing.T) {
 	key := []byte("0123456789abcdef0123456789abcdef")
-	a := startNode(t, "a", nodeOpts{key: key}, nil)
-	b := startNode(t, "b", nodeOpts{key: key, peers: []string{addr(a)}}, nil)
+	a := startNode(t, "a", nodeOpts{key: key, nets: testNets}, nil)
+	b := startNode(t, "b", nodeOpts{key: key, nets: testNets, peers: []string{addr(a)}}, nil)
 	poll.True(t, 5*time.Second, "a and b joined", func() bool { return a.alive.Load() == 2 && b.alive.Load() == 2 })
 	if _, err := a.PublishEndpoint(testEP(3, "ea", 2)); err != nil {
 		t.Fatal(err)
 	}
 	poll.True(t, 3*time.Second, "b learns a's endpoint", func() bool { return hasEP(b, 3, "a", "ea") })
 
-	bad := startNode(t, "mallory", nodeOpts{key: []byte("XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"), peers: []string{addr(a), addr(b)}}, nil)
-	plain := startNode(t, "plain", nodeOpts{peers: []string{addr(a)}}, nil)
+	bad := startNode(t, "mallory", nodeOpts{key: []byte("XXXXXXXXXXXXXXXXXXXXXXXXXXXXXXXX"), nets: testNets, peers: []string{addr(a), addr(b)}}, nil)
+	plain := startNode(t, "plain", nodeOpts{nets: testNets, peers: []string{addr(a)}}, nil)
 	for _, n := range []*Cluster{bad, plain} {
 		if _, err := n.PublishEndpoint(testEP(3, "evil-"+n.self, 66)); err != nil {
 			t.Fatal(err)
@@ -439,7 +444,7 @@ func TestConfigValidation(t *testing.T) {
 	if d.BindPort != 7947 || d.DeadTimeout != 10*time.Second || d.TombstoneTTL != 10*time.Minute {
 		t.Fatalf("defaults %+v", d)
 	}
-	if pi := probeInterval(d.DeadTimeout); pi != time.Second {
+	if pi := probeInterval(d.DeadTimeout); pi != d.DeadTimeout/14 {
 		t.Fatalf("probe interval for 10s = %v", pi)
 	}
 }

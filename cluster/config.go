@@ -40,9 +40,10 @@ type Config struct {
 	SecretKey []byte
 
 	// DeadTimeout bounds the time to detect a dead node and remove its
-	// records, for clusters up to about 100 nodes (memberlist's suspicion
-	// time grows with log10 of the cluster size). Default 10s; minimum
-	// 500ms. Probe and suspicion timers are derived from it.
+	// records, for clusters up to about 1,000 nodes (memberlist's suspicion
+	// time grows with log10 of the cluster size, so smaller clusters detect
+	// sooner: ~7s at 100 nodes). Default 10s; minimum 500ms. Probe and
+	// suspicion timers are derived from it.
 	DeadTimeout time.Duration
 
 	// TombstoneTTL is how long a withdrawal is remembered. It must outlast
@@ -63,6 +64,11 @@ type Config struct {
 	// members are joined again (this heals partitions). Default 30s.
 	RejoinInterval time.Duration
 
+	// NetworkSyncInterval is how often, on average, each network this node
+	// has is compared with a random other node of the network (anti-entropy:
+	// it repairs what a lost packet and its repeats missed). Default 30s.
+	NetworkSyncInterval time.Duration
+
 	// Logger receives cluster and memberlist logs. Default slog.Default().
 	Logger *slog.Logger
 
@@ -79,6 +85,7 @@ const (
 	DefaultDeadTimeout    = 10 * time.Second
 	DefaultTombstoneTTL   = 10 * time.Minute
 	DefaultRejoinInterval = 30 * time.Second
+	DefaultNetworkSync    = 30 * time.Second
 
 	minDeadTimeout = 500 * time.Millisecond
 	maxNodeName    = 128
@@ -88,12 +95,13 @@ const (
 // AdvertiseAddr must still be set.
 func DefaultConfig() Config {
 	return Config{
-		BindAddr:       DefaultBindAddr,
-		BindPort:       DefaultBindPort,
-		DeadTimeout:    DefaultDeadTimeout,
-		TombstoneTTL:   DefaultTombstoneTTL,
-		RejoinInterval: DefaultRejoinInterval,
-		Logger:         slog.Default(),
+		BindAddr:            DefaultBindAddr,
+		BindPort:            DefaultBindPort,
+		DeadTimeout:         DefaultDeadTimeout,
+		TombstoneTTL:        DefaultTombstoneTTL,
+		RejoinInterval:      DefaultRejoinInterval,
+		NetworkSyncInterval: DefaultNetworkSync,
+		Logger:              slog.Default(),
 	}
 }
 
@@ -114,6 +122,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.RejoinInterval == 0 {
 		c.RejoinInterval = d.RejoinInterval
+	}
+	if c.NetworkSyncInterval == 0 {
+		c.NetworkSyncInterval = d.NetworkSyncInterval
 	}
 	if c.Logger == nil {
 		c.Logger = d.Logger
@@ -136,6 +147,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.DeadTimeout < minDeadTimeout {
 		return c, fmt.Errorf("cluster config: DeadTimeout %v below minimum %v", c.DeadTimeout, minDeadTimeout)
+	}
+	if c.NetworkSyncInterval < 0 {
+		return c, fmt.Errorf("cluster config: NetworkSyncInterval %v is negative", c.NetworkSyncInterval)
 	}
 	if c.TombstoneTTL < c.DeadTimeout {
 		return c, fmt.Errorf("cluster config: TombstoneTTL %v must be at least DeadTimeout %v", c.TombstoneTTL, c.DeadTimeout)
@@ -161,11 +175,11 @@ func validNodeName(s string) error {
 // suspicionMult and designLog10 size the failure detector: detection takes
 // about one probe interval to hit the dead node, one to fail the direct and
 // indirect probes, then suspicionMult*log10(n) intervals of suspicion. With
-// SuspicionMaxTimeoutMult=1 the suspicion time is fixed, so at n<=100
-// (log10=2) the whole path is ~10 probe intervals = DeadTimeout.
+// SuspicionMaxTimeoutMult=1 the suspicion time is fixed, so at n<=1,000
+// (log10=3) the whole path is at most ~14 probe intervals = DeadTimeout.
 const (
 	suspicionMult = 4
-	designLog10   = 2
+	designLog10   = 3
 )
 
 func probeInterval(dead time.Duration) time.Duration {

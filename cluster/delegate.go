@@ -1,8 +1,6 @@
 package cluster
 
 import (
-	"sync"
-
 	"github.com/hashicorp/memberlist"
 )
 
@@ -11,8 +9,8 @@ type delegate Cluster
 
 func (d *delegate) NodeMeta(limit int) []byte { return nil }
 
-// NotifyMsg handles user messages from UDP (immediate sends, gossip) and
-// TCP (hello states, direct messages). buf is not retained: decoders copy.
+// NotifyMsg handles user messages from UDP (pushed records, acks) and TCP
+// (full states, direct messages). buf is not retained: decoders copy.
 func (d *delegate) NotifyMsg(buf []byte) {
 	c := (*Cluster)(d)
 	if len(buf) == 0 {
@@ -24,6 +22,8 @@ func (d *delegate) NotifyMsg(buf []byte) {
 		c.handleRecord(buf[1:])
 	case msgState:
 		c.handleState(buf[1:])
+	case msgAck:
+		c.handleAck(buf[1:])
 	case msgDirect:
 		m, err := decodeDirect(buf[1:])
 		if err == nil {
@@ -49,14 +49,19 @@ func (d *delegate) NotifyMsg(buf []byte) {
 	}
 }
 
-func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte {
-	return d.q.GetBroadcasts(overhead, limit)
-}
+// GetBroadcasts gives memberlist nothing to gossip: records go straight to
+// the nodes that need them (fanout.go), not to random members.
+func (d *delegate) GetBroadcasts(overhead, limit int) [][]byte { return nil }
 
-// LocalState is our side of push/pull: every alive owner's records, so a
-// joiner learns the whole cluster from whichever node it contacts.
+// LocalState is our side of push/pull: every alive owner's records of no
+// network (network definitions, IPAM), which every node holds, so a joiner
+// learns them from whichever node it contacts. Endpoints are exchanged per
+// network, between the nodes that have it (sync.go).
 func (d *delegate) LocalState(join bool) []byte {
-	return (*Cluster)(d).ownState(0, false)
+	c := (*Cluster)(d)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return encodeState(c.t.snapshot(c.nextVersion(), 0, cover{cluster: true}, false))
 }
 
 func (d *delegate) MergeRemoteState(buf []byte, join bool) {
@@ -88,7 +93,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	c.log.Info("node joined", "peer", n.Name, "addr", n.Addr)
 	// Exchange own records with the newcomer right away rather than
 	// waiting for a random push/pull to pair us.
-	c.hello.add(n.Name, true)
+	c.states.add(stateReq{node: n.Name, ask: true})
 }
 
 func (e *events) NotifyLeave(n *memberlist.Node) {
@@ -114,59 +119,5 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 func (e *events) NotifyUpdate(n *memberlist.Node) {
 	if c := (*Cluster)(e); n.Name != c.self {
 		c.setMember(n, true)
-	}
-}
-
-// helloQueue coalesces "send our own state to node X" requests and runs
-// them with bounded concurrency, so an unreachable node (TCP timeout)
-// does not hold up the others.
-type helloQueue struct {
-	mu      sync.Mutex
-	pending map[string]bool // node -> ask for a reply
-	wake    chan struct{}
-}
-
-func newHelloQueue() *helloQueue {
-	return &helloQueue{pending: map[string]bool{}, wake: make(chan struct{}, 1)}
-}
-
-func (q *helloQueue) add(node string, hello bool) {
-	q.mu.Lock()
-	q.pending[node] = q.pending[node] || hello
-	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
-}
-
-func (q *helloQueue) run(stop <-chan struct{}, send func(node string, hello bool)) {
-	const parallel = 8
-	sem := make(chan struct{}, parallel)
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		select {
-		case <-stop:
-			return
-		case <-q.wake:
-		}
-		q.mu.Lock()
-		batch := q.pending
-		q.pending = map[string]bool{}
-		q.mu.Unlock()
-		for node, hello := range batch {
-			select {
-			case <-stop:
-				return
-			case sem <- struct{}{}:
-			}
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() { <-sem }()
-				send(node, hello)
-			}()
-		}
 	}
 }

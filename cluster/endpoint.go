@@ -44,6 +44,7 @@ func endpointKind(idx *endpointIndex, h Handler) *kind {
 		},
 		checkKey: func(key string) error { _, _, err := parseEndpointKey(key); return err },
 		scope:    func(key string) string { vni, _, _ := strings.Cut(key, "/"); return vni },
+		network:  endpointVNI,
 		changed: func(vnis []string) {
 			if h == nil {
 				return
@@ -84,6 +85,17 @@ func validEndpointID(id string) error {
 
 func endpointKey(vni uint32, id string) string {
 	return strconv.FormatUint(uint64(vni), 10) + "/" + id
+}
+
+// endpointVNI returns the VNI of a checked endpoint key (0 for a bad one,
+// which prepare refuses before it is stored).
+func endpointVNI(key string) uint32 {
+	v, _, _ := strings.Cut(key, "/")
+	n, err := strconv.ParseUint(v, 10, 32)
+	if err != nil {
+		return 0
+	}
+	return uint32(n)
 }
 
 func parseEndpointKey(key string) (uint32, string, error) {

@@ -1,6 +1,8 @@
 package cluster
 
 import (
+	"fmt"
+	"testing"
 	"io"
 	"log/slog"
 	"net"
@@ -28,4 +30,15 @@ func (t *table) count() (live, tombstones int) {
 		}
 	}
 	return
+}
+
+// haveNets makes c have the networks (publishes their definitions), so
+// that it holds their endpoints.
+func haveNets(t testing.TB, c *Cluster, vnis ...uint32) {
+	t.Helper()
+	for _, vni := range vnis {
+		if err := c.PublishNetwork(Network{VNI: vni, Subnet: fmt.Sprintf("10.%d.%d.0/24", vni>>8&255, vni&255), MTU: 1450}); err != nil {
+			t.Fatal(err)
+		}
+	}
 }

@@ -26,6 +26,10 @@ type kind struct {
 	// scope maps a key to the unit its change notifications are coalesced
 	// by (endpoints: the VNI). Nil: the whole kind is one unit.
 	scope func(key string) string
+	// network, when set, scopes the kind's records to an overlay network
+	// (the VNI of a checked key): only the nodes that have the network hold,
+	// receive and exchange them. Nil: every node holds every record.
+	network func(key string) uint32
 	// changed receives the scopes that may have changed, from the notifier
 	// goroutine, never concurrently.
 	changed func(scopes []string)
@@ -48,6 +52,14 @@ func (k *kind) scopeOf(key string) string {
 		return ""
 	}
 	return k.scope(key)
+}
+
+// networkOf returns the network a record of this kind is scoped to, or 0.
+func (k *kind) networkOf(key string) uint32 {
+	if k == nil || k.network == nil {
+		return 0
+	}
+	return k.network(key)
 }
 
 // registry maps kind names to kinds. Reads are lock-free (it is consulted

@@ -14,6 +14,7 @@ func TestKindsShareOneMechanism(t *testing.T) {
 	rec := &recorder{}
 	c := newCluster(newTestCluster("self").cfg, rec)
 	c.t.setAlive("a", true, nil)
+	haveNets(t, c, 7, 8)
 	receive := func(w wireRecord) { (*delegate)(c).NotifyMsg(encodeRecord("a", w)) }
 
 	if err := c.RegisterKind(kindEndpoint, KindOptions{}); err == nil {

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"net/netip"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -115,6 +116,10 @@ type networkIndex struct {
 	// onConflict, if set, is told about each remote definition that
 	// disagrees with ours, when either arrives.
 	onConflict func(ours, theirs Network)
+	// onHolder, if set, is told when a remote node's definition of a
+	// network this node has arrives: the node has taken the network up (or
+	// came back), and needs our records of it.
+	onHolder func(owner string, vni uint32)
 }
 
 func newNetworkIndex(self string) *networkIndex {
@@ -129,6 +134,9 @@ func (x *networkIndex) add(owner string, val any) {
 		x.byVNI[nw.VNI] = m
 	}
 	m[owner] = nw
+	if owner != x.self && m[x.self] != nil && x.onHolder != nil {
+		x.onHolder(owner, nw.VNI)
+	}
 	if owner == x.self {
 		for o, other := range m {
 			if o != x.self && !sameNetwork(*nw, *other) {
@@ -182,5 +190,32 @@ func (x *networkIndex) remote(vni uint32) []Network {
 		}
 	}
 	sort.Slice(out, func(i, j int) bool { return out[i].Node < out[j].Node })
+	return out
+}
+
+// has reports whether this node defines the network.
+func (x *networkIndex) has(vni uint32) bool { return x.byVNI[vni][x.self] != nil }
+
+// holders returns the live remote nodes that define the network.
+func (x *networkIndex) holders(vni uint32) []string {
+	m := x.byVNI[vni]
+	out := make([]string, 0, len(m))
+	for owner := range m {
+		if owner != x.self {
+			out = append(out, owner)
+		}
+	}
+	return out
+}
+
+// ours returns the networks this node defines.
+func (x *networkIndex) ours() []uint32 {
+	var out []uint32
+	for vni, m := range x.byVNI {
+		if m[x.self] != nil {
+			out = append(out, vni)
+		}
+	}
+	slices.Sort(out)
 	return out
 }

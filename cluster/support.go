@@ -6,8 +6,6 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
-
-	"github.com/hashicorp/memberlist"
 )
 
 // notifier coalesces change notifications and delivers them from one
@@ -100,18 +98,3 @@ func (b *logBridge) Write(p []byte) (int, error) {
 	b.log.Log(context.Background(), level, line, "component", "memberlist")
 	return len(p), nil
 }
-
-// broadcast is a queued gossip retransmission; a newer record for the same
-// key replaces an older one still in the queue.
-type broadcast struct {
-	name string
-	msg  []byte
-}
-
-func (b *broadcast) Invalidates(o memberlist.Broadcast) bool {
-	nb, ok := o.(memberlist.NamedBroadcast)
-	return ok && nb.Name() == b.name
-}
-func (b *broadcast) Name() string    { return b.name }
-func (b *broadcast) Message() []byte { return b.msg }
-func (b *broadcast) Finished()       {}

@@ -1,6 +1,7 @@
 package cluster
 
 import (
+	"slices"
 	"sort"
 	"time"
 )
@@ -20,16 +21,21 @@ import (
 //     newer delete.
 //   - Records of owners that are not alive in our view are ignored, and an
 //     owner's death drops all its records at once.
-//   - A full state from its owner is authoritative: that owner's records we
-//     hold with a version below the snapshot clock and absent from it are
-//     removed. The clock becomes the owner's floor: relayed records below it
-//     that we do not hold are stale and ignored. Collected tombstones raise
-//     the floor the same way, so nothing resurrects after GC.
+//   - Records of a network-scoped kind (endpoints) are held only while this
+//     node has their network (interested says so); those of other networks
+//     are ignored, and giving up a network drops its records (dropNetwork).
+//   - A full state from its owner is authoritative for what it covers (see
+//     cover): that owner's records there we hold with a version below the
+//     snapshot clock and absent from it are removed. The clock becomes the
+//     owner's floor there: relayed records below it that we do not hold are
+//     stale and ignored. Collected tombstones raise the floor the same way,
+//     so nothing resurrects after GC.
 type table struct {
-	self  string
-	ttl   time.Duration
-	now   func() time.Time
-	kinds *registry
+	self       string
+	ttl        time.Duration
+	now        func() time.Time
+	kinds      *registry
+	interested func(vni uint32) bool
 
 	owners map[string]*ownerState
 	alive  map[string]bool
@@ -38,7 +44,7 @@ type table struct {
 }
 
 type tableStats struct {
-	applied, stale, deadOwner, snapshots, expired, tombstonesGCed, ownersDropped uint64
+	applied, stale, deadOwner, uninterested, snapshots, expired, tombstonesGCed, ownersDropped uint64
 }
 
 type recKey struct{ kind, key string }
@@ -52,8 +58,25 @@ type entry struct {
 }
 
 type ownerState struct {
-	recs  map[recKey]*entry
-	floor uint64
+	recs map[recKey]*entry
+	// floors by network; 0 holds the floor of the records of no network.
+	floors map[uint32]uint64
+}
+
+// cover is what a full state holds all of: the records of no network
+// (cluster), and those of each network in nets. It is authoritative there
+// only, so a state that carries one network's records expires nothing else.
+type cover struct {
+	cluster bool
+	nets    map[uint32]struct{}
+}
+
+func (c cover) has(vni uint32) bool {
+	if vni == 0 {
+		return c.cluster
+	}
+	_, ok := c.nets[vni]
+	return ok
 }
 
 // item is a checked record ready to merge.
@@ -80,26 +103,40 @@ const (
 	resApplied result = iota
 	resStale
 	resDeadOwner
+	resUninterested
 )
 
-func newTable(self string, ttl time.Duration, kinds *registry) *table {
+// newTable returns an empty table; interested says whether this node has a
+// network, and so holds the records scoped to it.
+func newTable(self string, ttl time.Duration, kinds *registry, interested func(vni uint32) bool) *table {
 	return &table{
-		self:   self,
-		ttl:    ttl,
-		now:    time.Now,
-		kinds:  kinds,
-		owners: map[string]*ownerState{},
-		alive:  map[string]bool{self: true},
+		self:       self,
+		ttl:        ttl,
+		now:        time.Now,
+		kinds:      kinds,
+		interested: interested,
+		owners:     map[string]*ownerState{},
+		alive:      map[string]bool{self: true},
 	}
 }
 
 func (t *table) owner(name string) *ownerState {
 	o := t.owners[name]
 	if o == nil {
-		o = &ownerState{recs: map[recKey]*entry{}}
+		o = &ownerState{recs: map[recKey]*entry{}, floors: map[uint32]uint64{}}
 		t.owners[name] = o
 	}
 	return o
+}
+
+// networkOf returns the network a record is scoped to, 0 for none.
+func (t *table) networkOf(k recKey) uint32 { return t.kinds.get(k.kind).networkOf(k.key) }
+
+// raiseFloor raises an owner's floor in one network (0: none) to v.
+func (o *ownerState) raiseFloor(vni uint32, v uint64) {
+	if v > o.floors[vni] {
+		o.floors[vni] = v
+	}
 }
 
 // touched notes a change of one record in ch.
@@ -185,14 +222,19 @@ func (t *table) put(owner string, it item, src source, ch *changes) result {
 		t.st.deadOwner++
 		return resDeadOwner
 	}
-	o := t.owner(owner)
 	k := recKey{it.w.Kind, it.w.Key}
+	vni := t.networkOf(k)
+	if src != srcLocal && vni != 0 && !t.interested(vni) {
+		t.st.uninterested++
+		return resUninterested
+	}
+	o := t.owner(owner)
 	e := o.recs[k]
 	switch {
 	case e != nil && it.w.Version <= e.version:
 		t.st.stale++
 		return resStale
-	case e == nil && src == srcRelay && it.w.Version < o.floor:
+	case e == nil && src == srcRelay && it.w.Version < o.floors[vni]:
 		t.st.stale++
 		return resStale
 	}
@@ -213,8 +255,9 @@ func (t *table) put(owner string, it item, src source, ch *changes) result {
 	return resApplied
 }
 
-// applyState merges a full state. The sender's own group is authoritative.
-func (t *table) applyState(sender string, clock uint64, groups map[string][]item, ch *changes) {
+// applyState merges a full state covering cv. The sender's own group is
+// authoritative there.
+func (t *table) applyState(sender string, clock uint64, cv cover, groups map[string][]item, ch *changes) {
 	for owner, items := range groups {
 		if owner != sender {
 			for _, it := range items {
@@ -233,18 +276,42 @@ func (t *table) applyState(sender string, clock uint64, groups map[string][]item
 		}
 		o := t.owner(owner)
 		for k, e := range o.recs {
-			if _, ok := present[k]; ok || e.version >= clock {
+			if _, ok := present[k]; ok || e.version >= clock || !cv.has(t.networkOf(k)) {
 				continue
 			}
 			t.remove(owner, k, ch)
 			t.st.expired++
 		}
-		o.floor = max(o.floor, clock)
+		if cv.cluster {
+			o.raiseFloor(0, clock)
+		}
+		for vni := range cv.nets {
+			if t.interested(vni) {
+				o.raiseFloor(vni, clock)
+			}
+		}
 		t.st.snapshots++
 	}
 	if _, ok := groups[sender]; !ok && sender != t.self && t.alive[sender] {
 		// An owner with nothing at all still tells us its clock.
-		t.applyState(sender, clock, map[string][]item{sender: nil}, ch)
+		t.applyState(sender, clock, cv, map[string][]item{sender: nil}, ch)
+	}
+}
+
+// dropNetwork forgets the remote records of a network this node no longer
+// has, and the floors that guarded them: if the node takes the network up
+// again, the owners' states bring it back up to date.
+func (t *table) dropNetwork(vni uint32, ch *changes) {
+	for name, o := range t.owners {
+		if name == t.self {
+			continue
+		}
+		for k := range o.recs {
+			if t.networkOf(k) == vni {
+				t.remove(name, k, ch)
+			}
+		}
+		delete(o.floors, vni)
 	}
 }
 
@@ -256,7 +323,7 @@ func (t *table) gc(ch *changes) {
 		for k, e := range o.recs {
 			if e.deleted && e.since.Before(cut) {
 				delete(o.recs, k)
-				o.floor = max(o.floor, e.version)
+				o.raiseFloor(t.networkOf(k), e.version)
 				t.st.tombstonesGCed++
 				t.touched(ch, k)
 			}
@@ -300,10 +367,17 @@ func (t *table) records(kind string) []Record {
 	return out
 }
 
-// snapshot returns a full state: every alive owner's records (tombstones
-// included), or only our own when ownOnly is set.
-func (t *table) snapshot(clock uint64, flags byte, ownOnly bool) stateMsg {
+// snapshot returns a full state covering cv: every alive owner's records
+// there (tombstones included), or only our own when ownOnly is set.
+func (t *table) snapshot(clock uint64, flags byte, cv cover, ownOnly bool) stateMsg {
 	m := stateMsg{Sender: t.self, Clock: clock, Flags: flags}
+	if !cv.cluster {
+		m.Flags |= stateNoCluster
+	}
+	for vni := range cv.nets {
+		m.Networks = append(m.Networks, vni)
+	}
+	slices.Sort(m.Networks)
 	for name, o := range t.owners {
 		if ownOnly && name != t.self {
 			continue
@@ -311,11 +385,15 @@ func (t *table) snapshot(clock uint64, flags byte, ownOnly bool) stateMsg {
 		if name != t.self && !t.alive[name] {
 			continue
 		}
-		g := ownerRecords{Owner: name, Recs: make([]wireRecord, 0, len(o.recs))}
+		g := ownerRecords{Owner: name}
 		for k, e := range o.recs {
-			g.Recs = append(g.Recs, wireRecord{Kind: k.kind, Key: k.key, Version: e.version, Deleted: e.deleted, Value: e.value})
+			if cv.has(t.networkOf(k)) {
+				g.Recs = append(g.Recs, wireRecord{Kind: k.kind, Key: k.key, Version: e.version, Deleted: e.deleted, Value: e.value})
+			}
 		}
-		m.Owners = append(m.Owners, g)
+		if len(g.Recs) > 0 || name == t.self {
+			m.Owners = append(m.Owners, g)
+		}
 	}
 	return m
 }

@@ -35,13 +35,20 @@ type testTable struct {
 	nets *networkIndex
 }
 
+// The table tests are about merging, not interest (interest_test.go): the
+// table holds every network's records.
 func newTestTable(alive ...string) testTable {
 	c := newTestCluster("self")
+	c.t.interested = func(uint32) bool { return true }
 	for _, a := range alive {
 		c.t.setAlive(a, true, nil)
 	}
 	return testTable{c.t, c.eps, c.nets}
 }
+
+// fullCover is what a node's full state covered before records were scoped
+// to networks: everything, here the records of no network and of VNI 7.
+var fullCover = cover{cluster: true, nets: map[uint32]struct{}{7: {}}}
 
 func ids(eps []Endpoint) []string {
 	var out []string
@@ -139,7 +146,7 @@ func TestTableDeathAndRejoin(t *testing.T) {
 	wantEPs(t, tb, 7)
 	// Rejoin: its own state brings the records back.
 	tb.setAlive("a", true, nil)
-	tb.applyState("a", 50, map[string][]item{"a": {epItem(t, "a", 7, "e1", "10.0.0.2", 1, 10)}}, nil)
+	tb.applyState("a", 50, fullCover, map[string][]item{"a": {epItem(t, "a", 7, "e1", "10.0.0.2", 1, 10)}}, nil)
 	wantEPs(t, tb, 7, "a/e1@10.0.0.2")
 	// Copies of our own records from others are ignored.
 	if r := tb.put("self", epItem(t, "self", 7, "x", "10.0.0.3", 1, 99), srcRelay, nil); r != resDeadOwner {
@@ -154,7 +161,7 @@ func TestTableAuthoritativeSnapshot(t *testing.T) {
 	tb.put("a", epItem(t, "a", 7, "old", "10.0.0.2", 1, 10), srcRelay, nil)
 	tb.put("a", epItem(t, "a", 7, "keep", "10.0.0.3", 2, 11), srcRelay, nil)
 	tb.put("a", epItem(t, "a", 7, "new", "10.0.0.4", 3, 60), srcRelay, nil) // broadcast newer than the snapshot
-	tb.applyState("a", 50, map[string][]item{
+	tb.applyState("a", 50, fullCover, map[string][]item{
 		"a": {epItem(t, "a", 7, "keep", "10.0.0.3", 2, 11)},
 		"c": {epItem(t, "c", 7, "cc", "10.0.0.9", 4, 5)}, // third party in the same state: merged, not authoritative
 	}, nil)
@@ -167,10 +174,10 @@ func TestTableAuthoritativeSnapshot(t *testing.T) {
 	}
 	wantEPs(t, tb, 7, "a/keep@10.0.0.3", "a/new@10.0.0.4", "c/cc@10.0.0.9")
 	// A state sent by c does not expire a's records.
-	tb.applyState("c", 1000, map[string][]item{"c": {epItem(t, "c", 7, "cc", "10.0.0.9", 4, 5)}}, nil)
+	tb.applyState("c", 1000, fullCover, map[string][]item{"c": {epItem(t, "c", 7, "cc", "10.0.0.9", 4, 5)}}, nil)
 	wantEPs(t, tb, 7, "a/keep@10.0.0.3", "a/new@10.0.0.4", "c/cc@10.0.0.9")
 	// An empty state from a clears everything of a's below its clock.
-	tb.applyState("a", 100, map[string][]item{}, nil)
+	tb.applyState("a", 100, fullCover, map[string][]item{}, nil)
 	wantEPs(t, tb, 7, "c/cc@10.0.0.9")
 }
 
@@ -322,7 +329,7 @@ func TestOwnCopies(t *testing.T) {
 		t.Fatalf("a copy of a record we do not hold: clock %d (want >= %d), stored %v", c.Version(), gone,
 			c.t.ownEntry(recKey{kindEndpoint, endpointKey(7, "gone")}) != nil)
 	}
-	if snap := c.t.snapshot(c.nextVersion(), 0, true); snap.Clock <= gone {
+	if snap := c.t.snapshot(c.nextVersion(), 0, fullCover, true); snap.Clock <= gone {
 		t.Fatalf("our next full state has clock %d, not above the copy's %d: it would not expire it", snap.Clock, gone)
 	}
 

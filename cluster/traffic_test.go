@@ -39,8 +39,8 @@ func TestTrafficCountsWhatArrives(t *testing.T) {
 // Two nodes that exchange an endpoint count packets and connections both
 // ways, and gossip still works through the counting transport.
 func TestTrafficCountsBothWays(t *testing.T) {
-	a := startNode(t, "a", nodeOpts{}, nil)
-	b := startNode(t, "b", nodeOpts{peers: []string{addr(a)}}, nil)
+	a := startNode(t, "a", nodeOpts{nets: testNets}, nil)
+	b := startNode(t, "b", nodeOpts{nets: testNets, peers: []string{addr(a)}}, nil)
 	if _, err := a.PublishEndpoint(testEP(7, "ep-a", 2)); err != nil {
 		t.Fatal(err)
 	}

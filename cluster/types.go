@@ -103,20 +103,26 @@ type KindOptions struct {
 
 // Stats are cumulative counters since New.
 type Stats struct {
-	RecordsReceived   uint64 // records decoded from the network (single and in full states)
-	RecordsApplied    uint64 // records that changed the table
-	RecordsStale      uint64 // duplicates, older versions, below an owner's authoritative floor
-	RecordsDeadOwner  uint64 // ignored: owner not alive in our view, or a copy of our own records
-	RecordsMalformed  uint64 // failed validation
-	MessagesMalformed uint64 // undecodable messages
-	SnapshotsApplied  uint64 // authoritative full states from their owners
-	RecordsExpired    uint64 // removed because the owner's full state no longer held them
-	TombstonesGCed    uint64
-	IPConflicts       uint64 // two live owners claimed one IP in one VNI; newest won
-	NetworkConflicts  uint64 // a remote network definition disagrees with ours
-	DecryptFailures   uint64 // packets/streams dropped because they were not encrypted with our key
-	DirectSent        uint64
-	DirectReceived    uint64
-	DirectDropped     uint64 // direct messages dropped: unknown kind or slow receiver
-	OwnersDropped     uint64 // owners whose records were dropped on death/leave
+	RecordsReceived  uint64 // records decoded from the network (single and in full states)
+	RecordsApplied   uint64 // records that changed the table
+	RecordsStale     uint64 // duplicates, older versions, below an owner's authoritative floor
+	RecordsDeadOwner uint64 // ignored: owner not alive in our view, or a copy of our own records
+	// RecordsUninterested were ignored: endpoints of networks this node does not have.
+	RecordsUninterested uint64
+	RecordsMalformed    uint64 // failed validation
+	MessagesMalformed   uint64 // undecodable messages
+	SnapshotsApplied    uint64 // authoritative full states from their owners
+	RecordsExpired      uint64 // removed because the owner's full state no longer held them
+	TombstonesGCed      uint64
+	IPConflicts         uint64 // two live owners claimed one IP in one VNI; newest won
+	NetworkConflicts    uint64 // a remote network definition disagrees with ours
+	DecryptFailures     uint64 // packets/streams dropped because they were not encrypted with our key
+	DirectSent          uint64
+	DirectReceived      uint64
+	DirectDropped       uint64 // direct messages dropped: unknown kind or slow receiver
+	OwnersDropped       uint64 // owners whose records were dropped on death/leave
+	PushesSent          uint64 // our records sent to a node at once, each awaiting its ack
+	PushesRetried       uint64 // sends repeated because no ack came in time
+	PushesAbandoned     uint64 // sends never acked after every repeat (the network sync catches up)
+	NetworkSyncs        uint64 // per-network full states sent (anti-entropy, and replies)
 }

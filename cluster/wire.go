@@ -4,6 +4,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+
+	"github.com/vxovl/vxovl/internal/vxlan"
 )
 
 // Wire format: one type byte, then fields. Strings and byte slices are a
@@ -11,9 +13,10 @@ import (
 // than gob/msgpack so that 10,000+ records stay small and the decoder can
 // bound every length before allocating.
 const (
-	msgRecord byte = 1 // one record, gossiped and sent at once over UDP
-	msgState  byte = 2 // many records grouped by owner: push/pull and hello
+	msgRecord byte = 1 // one record, sent by its owner over UDP; the receiver acks it
+	msgState  byte = 2 // many records grouped by owner: push/pull, hello, per-network sync
 	msgDirect byte = 3 // node-to-node message (SendTo)
+	msgAck    byte = 4 // a msgRecord arrived (UDP, to the record's owner)
 )
 
 // Size limits. A single record must fit a memberlist UDP packet (1400
@@ -25,8 +28,10 @@ const (
 	maxWireValue   = 1024  // largest value on the wire: an endpoint with names may exceed MaxValueLen
 	MaxDirectLen   = 65536 // largest SendTo payload
 	flagDeleted    = 1 << 0
-	stateHello     = 1 << 0 // sender asks for our own state in return
-	minRecordBytes = 4      // kind len + key len + version + flags, all empty/zero
+	stateHello     = 1 << 0 // sender asks for a state of the same cover in return
+	stateNoCluster = 1 << 1 // the state does not cover the records of no network
+	maxStateNets   = 1 << 16
+	minRecordBytes = 4 // kind len + key len + version + flags, all empty/zero
 )
 
 type wireRecord struct {
@@ -47,6 +52,16 @@ type stateMsg struct {
 	Clock  uint64 // sender's clock when the snapshot was taken
 	Flags  byte
 	Owners []ownerRecords
+	// Networks are the networks whose records the state covers (see cover).
+	// They come last, so that a state without them reads as before.
+	Networks []uint32
+}
+
+// ackMsg says that From received version Version of one of our records.
+type ackMsg struct {
+	From      string
+	Kind, Key string
+	Version   uint64
 }
 
 type directMsg struct {
@@ -104,7 +119,22 @@ func encodeState(m stateMsg) []byte {
 			b = appendRecord(b, r)
 		}
 	}
+	if len(m.Networks) > 0 {
+		b = binary.AppendUvarint(b, uint64(len(m.Networks)))
+		for _, vni := range m.Networks {
+			b = binary.AppendUvarint(b, uint64(vni))
+		}
+	}
 	return b
+}
+
+func encodeAck(m ackMsg) []byte {
+	b := make([]byte, 0, 16+len(m.From)+len(m.Kind)+len(m.Key))
+	b = append(b, msgAck)
+	b = appendString(b, m.From)
+	b = appendString(b, m.Kind)
+	b = appendString(b, m.Key)
+	return binary.AppendUvarint(b, m.Version)
 }
 
 func encodeDirect(m directMsg) []byte {
@@ -242,6 +272,29 @@ func decodeState(b []byte) (stateMsg, error) {
 		}
 		m.Owners = append(m.Owners, o)
 	}
+	if r.err == nil && len(r.b) > 0 {
+		n := r.count(1)
+		if n > maxStateNets {
+			r.fail(fmt.Errorf("%d networks in a state, limit %d", n, maxStateNets))
+		}
+		for i := 0; i < n && r.err == nil; i++ {
+			vni := r.uvarint()
+			if r.err == nil && (vni > vxlan.MaxVNI || vxlan.CheckVNI(uint32(vni)) != nil) {
+				r.fail(fmt.Errorf("state covers a bad VNI %d", vni))
+			}
+			m.Networks = append(m.Networks, uint32(vni))
+		}
+	}
+	return m, r.done()
+}
+
+func decodeAck(b []byte) (ackMsg, error) {
+	r := reader{b: b}
+	var m ackMsg
+	m.From = r.str(maxNodeName, "from")
+	m.Kind = r.str(maxKindLen, "kind")
+	m.Key = r.str(maxKeyLen, "key")
+	m.Version = r.uvarint()
 	return m, r.done()
 }
 
