@@ -53,6 +53,8 @@ var (
 		"Gossip packets and streams dropped because they were not encrypted with this host's key (GOSSIP_KEY differs between hosts, or a stranger).", nil, nil)
 	descMalformed = prometheus.NewDesc("vxovl_gossip_malformed_records_total",
 		"Gossip records that failed validation, and messages that could not be decoded, dropped.", nil, nil)
+	descPushes = prometheus.NewDesc("vxovl_gossip_record_sends_total",
+		"This host's records sent straight to the hosts that need them, by result: sent (first sends), retried (repeated because no ack came in time: loss), abandoned (never acked; the per-network sync repairs them).", []string{"result"}, nil)
 	descEndpoints = prometheus.NewDesc("vxovl_endpoints",
 		"Endpoints of a network, by location: local (this host's containers) or remote (other hosts', as the cluster knows them, programmed or not).", []string{"vni", "location"}, nil)
 	descNeighbors = prometheus.NewDesc("vxovl_neighbor_entries",
@@ -83,7 +85,7 @@ type stateCollector struct{ src Sources }
 func (c *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{
 		descGossipEncrypted, descMembers, descGossipMessages, descGossipBytes, descDecryptFailures, descMalformed,
-		descEndpoints, descNeighbors, descFDB, descFlood,
+		descPushes, descEndpoints, descNeighbors, descFDB, descFlood,
 		descDrift, descIPConflicts, descMACConflicts, descSyncErrors, descUnfinished,
 		descIPAMBlocks, descIPAMAddresses,
 	} {
@@ -119,6 +121,9 @@ func (c *stateCollector) Collect(ch chan<- prometheus.Metric) {
 	counter(descGossipBytes, tr.BytesOut, "out")
 	counter(descDecryptFailures, cs.DecryptFailures)
 	counter(descMalformed, cs.RecordsMalformed+cs.MessagesMalformed)
+	counter(descPushes, cs.PushesSent, "sent")
+	counter(descPushes, cs.PushesRetried, "retried")
+	counter(descPushes, cs.PushesAbandoned, "abandoned")
 
 	for _, n := range nets {
 		vni := strconv.FormatUint(uint64(n.VNI), 10)

@@ -55,7 +55,8 @@ func knownState() Sources {
 		},
 		Cluster: &fakeCluster{
 			members: []cluster.Member{{Name: "h1", Addr: net.IPv4(10, 98, 0, 1)}, {Name: "h2"}, {Name: "h3"}},
-			stats:   cluster.Stats{DecryptFailures: 11, RecordsMalformed: 12, MessagesMalformed: 13, RecordsReceived: 1000},
+			stats: cluster.Stats{DecryptFailures: 11, RecordsMalformed: 12, MessagesMalformed: 13, RecordsReceived: 1000,
+				PushesSent: 14, PushesRetried: 15, PushesAbandoned: 16},
 			traffic: cluster.Traffic{MessagesIn: 21, MessagesOut: 22, BytesIn: 2300, BytesOut: 2400},
 		},
 		IPAM: &fakeIPAM{pools: []ipam.PoolStatus{
@@ -88,6 +89,11 @@ vxovl_gossip_decrypt_failures_total 11
 # HELP vxovl_gossip_malformed_records_total Gossip records that failed validation, and messages that could not be decoded, dropped.
 # TYPE vxovl_gossip_malformed_records_total counter
 vxovl_gossip_malformed_records_total 25
+# HELP vxovl_gossip_record_sends_total This host's records sent straight to the hosts that need them, by result: sent (first sends), retried (repeated because no ack came in time: loss), abandoned (never acked; the per-network sync repairs them).
+# TYPE vxovl_gossip_record_sends_total counter
+vxovl_gossip_record_sends_total{result="abandoned"} 16
+vxovl_gossip_record_sends_total{result="retried"} 15
+vxovl_gossip_record_sends_total{result="sent"} 14
 # HELP vxovl_endpoints Endpoints of a network, by location: local (this host's containers) or remote (other hosts', as the cluster knows them, programmed or not).
 # TYPE vxovl_endpoints gauge
 vxovl_endpoints{location="local",vni="4097"} 1
