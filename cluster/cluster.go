@@ -59,8 +59,9 @@ type Cluster struct {
 	states *stateQueue
 
 	// pending holds the sends of our records awaiting an ack (fanout.go).
-	pushMu  sync.Mutex
-	pending map[pushKey]*pendingPush
+	pushMu   sync.Mutex
+	pending  map[pushKey]*pendingPush
+	pushWake chan struct{} // a send now awaits an ack
 
 	alive atomic.Int32 // alive members including us, for the retransmit limit
 
@@ -120,19 +121,20 @@ func New(cfg Config, h Handler) (*Cluster, error) {
 // record table with its built-in kinds, and the queues.
 func newCluster(cfg Config, h Handler) *Cluster {
 	c := &Cluster{
-		cfg:     cfg,
-		log:     cfg.Logger.With("node", cfg.NodeName),
-		self:    cfg.NodeName,
-		kinds:   newRegistry(),
-		eps:     newEndpointIndex(cfg.NodeName),
-		nets:    newNetworkIndex(cfg.NodeName),
-		heard:   map[string]*heardFrom{},
-		clock:   cfg.MinVersion,
-		notify:  newNotifier(),
-		direct:  make(chan directMsg, 1024),
-		states:  newStateQueue(),
-		pending: map[pushKey]*pendingPush{},
-		stop:    make(chan struct{}),
+		cfg:      cfg,
+		log:      cfg.Logger.With("node", cfg.NodeName),
+		self:     cfg.NodeName,
+		kinds:    newRegistry(),
+		eps:      newEndpointIndex(cfg.NodeName),
+		nets:     newNetworkIndex(cfg.NodeName),
+		heard:    map[string]*heardFrom{},
+		clock:    cfg.MinVersion,
+		notify:   newNotifier(),
+		direct:   make(chan directMsg, 1024),
+		states:   newStateQueue(),
+		pending:  map[pushKey]*pendingPush{},
+		pushWake: make(chan struct{}, 1),
+		stop:     make(chan struct{}),
 		members: map[string]Member{cfg.NodeName: {
 			Name: cfg.NodeName, Addr: cfg.AdvertiseAddr, Port: cfg.BindPort}},
 	}

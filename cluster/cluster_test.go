@@ -23,7 +23,7 @@ type nodeOpts struct {
 	port  int
 	fast  bool // short gossip/push-pull intervals for many nodes in one process
 	peers []string
-	minV  uint64 // Config.MinVersion: the version floor a restarted node persisted
+	minV  uint64   // Config.MinVersion: the version floor a restarted node persisted
 	nets  []uint32 // networks the node has (PublishNetwork at start), so it holds their endpoints
 }
 

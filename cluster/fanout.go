@@ -78,6 +78,10 @@ func (c *Cluster) push(o outgoing) {
 		}
 	}
 	c.pushMu.Unlock()
+	select {
+	case c.pushWake <- struct{}{}:
+	default:
+	}
 	for _, n := range nodes {
 		c.sendPacket(n, o.msg)
 	}
@@ -90,18 +94,30 @@ func (c *Cluster) sendPacket(n *memberlist.Node, msg []byte) {
 	}
 }
 
-// retryLoop repeats the sends whose ack is overdue.
+// retryLoop repeats the sends whose ack is overdue. It sleeps while no
+// send awaits an ack, so an idle node pays nothing for it.
 func (c *Cluster) retryLoop() {
-	tk := time.NewTicker(pushRetryFirst / 5)
-	defer tk.Stop()
 	for {
 		select {
 		case <-c.stop:
 			return
-		case now := <-tk.C:
-			c.retryDue(now)
+		case <-c.pushWake:
+		}
+		for c.awaitingAcks() {
+			select {
+			case <-c.stop:
+				return
+			case now := <-time.After(pushRetryFirst / 5):
+				c.retryDue(now)
+			}
 		}
 	}
+}
+
+func (c *Cluster) awaitingAcks() bool {
+	c.pushMu.Lock()
+	defer c.pushMu.Unlock()
+	return len(c.pending) > 0
 }
 
 // retryDue repeats every send whose ack is overdue at now, unless its node

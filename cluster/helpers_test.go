@@ -2,10 +2,10 @@ package cluster
 
 import (
 	"fmt"
-	"testing"
 	"io"
 	"log/slog"
 	"net"
+	"testing"
 	"time"
 )
 
