@@ -23,8 +23,9 @@ type nodeOpts struct {
 	port  int
 	fast  bool // short gossip/push-pull intervals for many nodes in one process
 	peers []string
-	minV  uint64   // Config.MinVersion: the version floor a restarted node persisted
-	nets  []uint32 // networks the node has (PublishNetwork at start), so it holds their endpoints
+	minV  uint64        // Config.MinVersion: the version floor a restarted node persisted
+	nets  []uint32      // networks the node has (PublishNetwork at start), so it holds their endpoints
+	sync  time.Duration // Config.NetworkSyncInterval
 }
 
 // testNets are the networks of the tests that are not about interest.
@@ -59,16 +60,17 @@ func startNode(t testing.TB, name string, o nodeOpts, h Handler) *Cluster {
 		o.dead = 2 * time.Second
 	}
 	cfg := Config{
-		NodeName:       name,
-		BindAddr:       "127.0.0.1",
-		BindPort:       o.port,
-		AdvertiseAddr:  net.IPv4(127, 0, 0, 1),
-		Peers:          o.peers,
-		SecretKey:      o.key,
-		DeadTimeout:    o.dead,
-		MinVersion:     o.minV,
-		RejoinInterval: time.Second,
-		Logger:         discardLogger(),
+		NodeName:            name,
+		BindAddr:            "127.0.0.1",
+		BindPort:            o.port,
+		AdvertiseAddr:       net.IPv4(127, 0, 0, 1),
+		Peers:               o.peers,
+		SecretKey:           o.key,
+		DeadTimeout:         o.dead,
+		MinVersion:          o.minV,
+		NetworkSyncInterval: o.sync,
+		RejoinInterval:      time.Second,
+		Logger:              discardLogger(),
 		Tune: func(mc *memberlist.Config) {
 			mc.TCPTimeout = time.Second
 			if o.fast {

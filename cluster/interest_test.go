@@ -152,3 +152,33 @@ func TestTableInterest(t *testing.T) {
 		t.Fatalf("after dropping network 7: floors %v, changes %v", tb.owners["a"].floors, ch)
 	}
 }
+
+// A record a node missed for good (its send and every repeat lost) comes
+// back with the network sync, between the nodes of the network.
+func TestNetworkSyncRepairsAMissedRecord(t *testing.T) {
+	o := nodeOpts{nets: []uint32{7}, sync: 200 * time.Millisecond}
+	a := startNode(t, "a", o, nil)
+	o.peers = []string{addr(a)}
+	b := startNode(t, "b", o, nil)
+	c := startNode(t, "c", o, nil)
+	if _, err := a.PublishEndpoint(testEP(7, "ea", 2)); err != nil {
+		t.Fatal(err)
+	}
+	poll.True(t, 5*time.Second, "b and c learn a's endpoint", func() bool {
+		return hasEP(b, 7, "a", "ea") && hasEP(c, 7, "a", "ea")
+	})
+	// Once every node has synced, the exchanges of the start are over: what
+	// repairs b after this is a sync.
+	poll.True(t, 5*time.Second, "every node syncs once", func() bool {
+		return a.Stats().NetworkSyncs > 0 && b.Stats().NetworkSyncs > 0 && c.Stats().NetworkSyncs > 0
+	})
+	b.mu.Lock()
+	b.t.remove("a", recKey{kindEndpoint, endpointKey(7, "ea")}, nil)
+	b.mu.Unlock()
+	syncs := a.Stats().NetworkSyncs + b.Stats().NetworkSyncs
+	d := poll.True(t, 5*time.Second, "b has a's endpoint again", func() bool { return hasEP(b, 7, "a", "ea") })
+	if got := a.Stats().NetworkSyncs + b.Stats().NetworkSyncs; got == syncs {
+		t.Errorf("b got the endpoint back without a network sync")
+	}
+	t.Logf("repaired after %v", d)
+}
