@@ -9,7 +9,8 @@
 // form). It therefore uses only the cluster API that versions share.
 //
 // Endpoint r of the network with VNI v and subnet s has the address s+first+r and the MAC
-// 02:aa:00:VV:VV:rr (VV:VV the VNI): distinct across networks and from the MACs vxovl derives.
+// 02:aa:RR:VV:VV:rr (VV:VV the VNI's low 16 bits, RR:rr the number r): distinct across networks
+// and from the MACs vxovl derives. A subnet larger than a /24 holds more than 254 endpoints.
 //
 //	fakemember -bind 10.86.0.240 -peer 10.86.0.1 -mtu 1450 -per-network 20 \
 //	    -networks 15001=10.150.1.0/24,15002=10.150.2.0/24
@@ -18,6 +19,7 @@
 package main
 
 import (
+	"encoding/binary"
 	"errors"
 	"flag"
 	"fmt"
@@ -60,8 +62,9 @@ func run() error {
 		return err
 	}
 	for _, n := range nets {
-		if last := *first + *perNetwork - 1; n.Subnet.Bits() < 24 || last > 254 || *first < 1 {
-			return fmt.Errorf("%s: endpoints %d..%d do not fit a /24 or larger subnet", n.Subnet, *first, last)
+		// The last address of the subnet is its broadcast address.
+		if last := *first + *perNetwork - 1; *first < 1 || *perNetwork < 0 || *perNetwork > 1<<16 || last >= 1<<(32-n.Subnet.Bits())-1 {
+			return fmt.Errorf("%s: endpoints %d..%d do not fit the subnet (at most 65536 per network)", n.Subnet, *first, last)
 		}
 	}
 
@@ -86,15 +89,14 @@ func run() error {
 		if err := c.PublishNetwork(cluster.Network{VNI: n.VNI, Subnet: n.Subnet.String(), MTU: *mtu}); err != nil {
 			return fmt.Errorf("publishing network %d (%s): %w", n.VNI, n.Subnet, err)
 		}
-		base := n.Subnet.Addr().As4()
+		base := binary.BigEndian.Uint32(n.Subnet.Addr().AsSlice())
 		for r := range *perNetwork {
-			ip := base
-			ip[3] += byte(*first + r)
+			ip := binary.BigEndian.AppendUint32(nil, base+uint32(*first+r))
 			ep := cluster.Endpoint{
 				VNI: n.VNI,
 				ID:  fmt.Sprintf("fake-%d-%d", n.VNI, r),
-				IP:  net.IP(ip[:]),
-				MAC: net.HardwareAddr{0x02, 0xaa, 0, byte(n.VNI >> 8), byte(n.VNI), byte(r)},
+				IP:  net.IP(ip),
+				MAC: net.HardwareAddr{0x02, 0xaa, byte(r >> 8), byte(n.VNI >> 8), byte(n.VNI), byte(r)},
 			}
 			if err := publishEndpoint(c, ep); err != nil {
 				return fmt.Errorf("publishing endpoint %s on network %d: %w", ep.IP, n.VNI, err)
