@@ -771,11 +771,15 @@ func (o *Overlay) SyncPeers(vni uint32, peers []Peer, flood []net.IP) (SyncResul
 
 // Health checks vni's kernel objects and describes the first problem found.
 // A nil result means EnsureNetwork(spec) would change nothing structural.
+// It waits for the changes in progress (an endpoint being made is not yet
+// attached to the bridge, which is not damage).
 func (o *Overlay) Health(spec NetworkSpec) error {
 	spec, err := spec.normalized()
 	if err != nil {
 		return fmt.Errorf("invalid network spec: %w", err)
 	}
+	o.mu.Lock()
+	defer o.mu.Unlock()
 	h, err := o.open(spec.VNI, false)
 	if err != nil {
 		return err

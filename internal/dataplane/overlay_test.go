@@ -480,3 +480,42 @@ func BenchmarkHealth(b *testing.B) {
 		})
 	}
 }
+
+// Health must not see an endpoint half made: a reconcile pass that runs
+// while a container joins would call its new, not yet attached port damage
+// and rebuild the overlay (seen in the 8-host lab as "endpoint port ... is
+// not attached to br0" during parallel container starts).
+func TestHealthDuringEndpointCreation(t *testing.T) {
+	h := newTestHost(t, "hrace")
+	spec := testSpec(t, 105)
+	h.ensureNetwork(spec)
+	done := make(chan struct{})
+	errs := make(chan error, 1)
+	go func() {
+		defer close(done)
+		errs <- h.try(func() error {
+			for i := range 40 {
+				id := fmt.Sprintf("race%012d", i)
+				if _, err := h.ov.EnsureEndpoint(EndpointSpec{VNI: 105, ID: id, MAC: net.HardwareAddr{2, 0x42, 0, 0, 1, byte(i)}, MTU: spec.MTU}); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+	}()
+	checks := 0
+	for running := true; running; checks++ {
+		select {
+		case <-done:
+			running = false
+		default:
+		}
+		if err := h.try(func() error { return h.ov.Health(spec) }); err != nil {
+			t.Fatalf("Health while endpoints are created (check %d): %v", checks, err)
+		}
+	}
+	if err := <-errs; err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d health checks during 40 endpoint creations", checks)
+}
