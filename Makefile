@@ -17,7 +17,7 @@ LDFLAGS     := -X main.version=$(VERSION)
 # Debian/Ubuntu packages the lab, demo and e2e tests run on. prometheus (with promtool) and
 # chromium are the observability test's real scraper, metrics checker and headless browser.
 DEPS := docker.io iproute2 util-linux kmod busybox-static iperf3 docker-registry docker-compose \
-	prometheus chromium
+	prometheus chromium iptables
 
 .PHONY: all build plugin deps test unit e2e vet demo lab-up lab-down clean bench bench-dns bench-run-latency bench-rss
 
