@@ -154,7 +154,7 @@ func newCluster(cfg Config, h Handler) *Cluster {
 			"node", theirs.Node, "their_subnet", theirs.Subnet, "their_mtu", theirs.MTU)
 	}
 	c.nets.onHolder = func(owner string, vni uint32) {
-		c.states.add(stateReq{node: owner, vni: vni})
+		c.states.add(stateReq{node: owner, nets: netsOf(vni)})
 	}
 	return c
 }
@@ -687,18 +687,21 @@ func (c *Cluster) handleRecord(body []byte) {
 	}
 	var ch changes
 	var resend []outgoing
+	res := resDeadOwner
 	c.mu.Lock()
 	if owner == c.self {
 		resend = c.ownCopiesLocked([]item{it}, &ch)
 	} else {
-		c.t.put(owner, it, srcRelay, &ch)
+		res = c.t.put(owner, it, srcRelay, &ch)
 	}
 	c.mu.Unlock()
 	c.notify.add(ch)
 	for _, o := range resend {
 		c.push(o)
 	}
-	if owner != c.self {
+	// No ack for a record whose owner this node does not know as alive
+	// yet (it joined a moment ago): the repeat will find it a member.
+	if res != resDeadOwner {
 		c.ack(owner, w)
 	}
 }

@@ -93,7 +93,7 @@ func (e *events) NotifyJoin(n *memberlist.Node) {
 	c.log.Info("node joined", "peer", n.Name, "addr", n.Addr)
 	// Exchange own records with the newcomer right away rather than
 	// waiting for a random push/pull to pair us.
-	c.states.add(stateReq{node: n.Name, ask: true})
+	c.states.add(stateReq{node: n.Name, join: true, ask: true})
 }
 
 func (e *events) NotifyLeave(n *memberlist.Node) {

@@ -33,14 +33,24 @@ import (
 // (~350 KiB) rather than ~9 MiB of endpoints (memberlist caps push/pull
 // at 20 MiB).
 
-// stateReq is a full state this node owes another.
+// stateReq is a full state this node owes another. Requests for one node
+// and purpose coalesce: the networks of several interest pushes travel in
+// one state.
 type stateReq struct {
 	node string
-	// vni 0 is the join exchange: our records of no network and of every
-	// network both nodes have. Otherwise the state covers that network.
-	vni  uint32
+	// join is the join exchange: our records of no network and of every
+	// network both nodes have. Otherwise the state covers nets only.
+	join bool
+	nets map[uint32]struct{}
 	view bool // every owner's records, not only ours (network sync)
 	ask  bool // ask for the same in return
+}
+
+func (r stateReq) key() stateKey { return stateKey{r.node, r.join, r.view, r.ask} }
+
+type stateKey struct {
+	node            string
+	join, view, ask bool
 }
 
 // stateQueue coalesces the states owed and sends them with bounded
@@ -48,17 +58,29 @@ type stateReq struct {
 // others.
 type stateQueue struct {
 	mu      sync.Mutex
-	pending map[stateReq]struct{}
+	pending map[stateKey]*stateReq
 	wake    chan struct{}
 }
 
 func newStateQueue() *stateQueue {
-	return &stateQueue{pending: map[stateReq]struct{}{}, wake: make(chan struct{}, 1)}
+	return &stateQueue{pending: map[stateKey]*stateReq{}, wake: make(chan struct{}, 1)}
 }
 
+// add queues r, or merges its networks into the same request pending.
 func (q *stateQueue) add(r stateReq) {
 	q.mu.Lock()
-	q.pending[r] = struct{}{}
+	if p := q.pending[r.key()]; p != nil {
+		for vni := range r.nets {
+			p.nets[vni] = struct{}{}
+		}
+	} else {
+		nets := make(map[uint32]struct{}, len(r.nets))
+		for vni := range r.nets {
+			nets[vni] = struct{}{}
+		}
+		r.nets = nets
+		q.pending[r.key()] = &r
+	}
 	q.mu.Unlock()
 	select {
 	case q.wake <- struct{}{}:
@@ -79,9 +101,9 @@ func (q *stateQueue) run(stop <-chan struct{}, send func(stateReq)) {
 		}
 		q.mu.Lock()
 		batch := q.pending
-		q.pending = map[stateReq]struct{}{}
+		q.pending = map[stateKey]*stateReq{}
 		q.mu.Unlock()
-		for r := range batch {
+		for _, r := range batch {
 			select {
 			case <-stop:
 				return
@@ -91,11 +113,14 @@ func (q *stateQueue) run(stop <-chan struct{}, send func(stateReq)) {
 			go func() {
 				defer wg.Done()
 				defer func() { <-sem }()
-				send(r)
+				send(*r)
 			}()
 		}
 	}
 }
+
+// netsOf is a set of one network, for a request.
+func netsOf(vni uint32) map[uint32]struct{} { return map[uint32]struct{}{vni: {}} }
 
 // heardFrom is what full states of one node's own records this node has
 // applied since it started.
@@ -129,15 +154,15 @@ func (c *Cluster) sendState(r stateReq) {
 		c.networkSyncs.Add(1)
 	}
 	if err := c.ml.SendReliable(n, msg); err != nil {
-		c.log.Debug("sending a full state failed; the next sync will catch up", "to", r.node, "vni", r.vni, "err", err)
+		c.log.Debug("sending a full state failed; the next sync will catch up", "to", r.node, "err", err)
 	}
 }
 
 // coverForLocked says what the state r covers; false if there is nothing
-// to send (a network this node gave up). Needs c.mu.
+// to send (networks this node gave up since). Needs c.mu.
 func (c *Cluster) coverForLocked(r stateReq) (cover, bool) {
-	if r.vni == 0 {
-		cv := cover{cluster: true, nets: map[uint32]struct{}{}}
+	cv := cover{cluster: r.join, nets: map[uint32]struct{}{}}
+	if r.join {
 		for _, vni := range c.nets.ours() {
 			if c.nets.byVNI[vni][r.node] != nil {
 				cv.nets[vni] = struct{}{}
@@ -145,10 +170,12 @@ func (c *Cluster) coverForLocked(r stateReq) (cover, bool) {
 		}
 		return cv, true
 	}
-	if !c.nets.has(r.vni) {
-		return cover{}, false
+	for vni := range r.nets {
+		if c.nets.has(vni) {
+			cv.nets[vni] = struct{}{}
+		}
 	}
-	return cover{nets: map[uint32]struct{}{r.vni: {}}}, true
+	return cv, len(cv.nets) > 0
 }
 
 func (c *Cluster) handleState(body []byte) {
@@ -187,7 +214,9 @@ func (c *Cluster) handleState(body []byte) {
 	c.mu.Lock()
 	resend := c.ownCopiesLocked(own, &ch)
 	c.t.applyState(m.Sender, m.Clock, cv, groups, &ch)
-	if m.Sender != c.self {
+	// A state from a node not yet alive here was ignored (see table.put);
+	// its join, which is on its way, brings a new one.
+	if m.Sender != c.self && c.t.isAlive(m.Sender) {
 		h := c.heard[m.Sender]
 		if h == nil {
 			h = &heardFrom{nets: map[uint32]struct{}{}}
@@ -207,12 +236,10 @@ func (c *Cluster) handleState(body []byte) {
 		return
 	}
 	if cv.cluster {
-		c.states.add(stateReq{node: m.Sender})
+		c.states.add(stateReq{node: m.Sender, join: true})
 		return
 	}
-	for _, vni := range m.Networks {
-		c.states.add(stateReq{node: m.Sender, vni: vni, view: true})
-	}
+	c.states.add(stateReq{node: m.Sender, nets: cv.nets, view: true})
 }
 
 // CaughtUp reports whether this node has, since it started, received the
@@ -259,7 +286,7 @@ func (c *Cluster) syncLoop() {
 		c.mu.Lock()
 		for _, vni := range c.nets.ours() {
 			if hs := c.nets.holders(vni); len(hs) > 0 {
-				reqs = append(reqs, stateReq{node: hs[rand.IntN(len(hs))], vni: vni, view: true, ask: true})
+				reqs = append(reqs, stateReq{node: hs[rand.IntN(len(hs))], nets: netsOf(vni), view: true, ask: true})
 			}
 		}
 		c.mu.Unlock()
