@@ -51,7 +51,7 @@ type Cluster struct {
 	nets  *networkIndex
 	clock uint64
 	// heard holds what full states of their own records other nodes sent
-	// since start (see CaughtUp).
+	// since they joined (see CaughtUp).
 	heard map[string]*heardFrom
 
 	notify *notifier

@@ -106,6 +106,7 @@ func (e *events) NotifyLeave(n *memberlist.Node) {
 	c.mu.Lock()
 	was := c.t.isAlive(n.Name)
 	c.t.setAlive(n.Name, false, &ch)
+	delete(c.heard, n.Name) // its records are gone: when it is back, its states must come again
 	c.mu.Unlock()
 	if was {
 		c.alive.Add(-1)

@@ -139,8 +139,11 @@ func (c *Cluster) sendState(r stateReq) {
 	cv, ok := c.coverForLocked(r)
 	var msg []byte
 	if ok {
+		// Both nodes send their join state when they see each other: one
+		// that has the other's already need not ask for it, which halves
+		// the exchanges of a cluster forming.
 		var flags byte
-		if r.ask {
+		if r.ask && (!r.join || !c.heardAllLocked(r.node, c.nets.ours())) {
 			flags = stateHello
 		}
 		// A fresh version as the snapshot clock: every later record is newer.
@@ -258,17 +261,27 @@ func (c *Cluster) CaughtUp() bool {
 			continue
 		}
 		others++
-		h := c.heard[m.Name]
-		if h == nil || !h.cluster {
+		if !c.heardAllLocked(m.Name, ours) {
 			return false
-		}
-		for _, vni := range ours {
-			if _, ok := h.nets[vni]; !ok && c.nets.byVNI[vni][m.Name] != nil {
-				return false
-			}
 		}
 	}
 	return others > 0
+}
+
+// heardAllLocked reports whether node's own records of no network, and of
+// each of ours (this node's networks) that it has, came in full states
+// since it joined. Needs c.mu.
+func (c *Cluster) heardAllLocked(node string, ours []uint32) bool {
+	h := c.heard[node]
+	if h == nil || !h.cluster {
+		return false
+	}
+	for _, vni := range ours {
+		if _, ok := h.nets[vni]; !ok && c.nets.byVNI[vni][node] != nil {
+			return false
+		}
+	}
+	return true
 }
 
 // syncLoop runs the per-network anti-entropy: every NetworkSyncInterval
