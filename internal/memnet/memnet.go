@@ -176,7 +176,7 @@ func (n *Network) Close() {
 func (n *Network) send(src *Transport, b []byte, addr string) {
 	n.mu.Lock()
 	dst := n.nodes[addr]
-	if n.closed || dst == nil || dst.isDown() || n.cfg.Loss > 0 && n.rng.Float64() < n.cfg.Loss {
+	if n.closed || dst == nil || dst.isDown() || dst.detached.Load() || n.cfg.Loss > 0 && n.rng.Float64() < n.cfg.Loss {
 		n.mu.Unlock()
 		src.c.packetsLost.Add(1)
 		return
@@ -308,7 +308,17 @@ type Transport struct {
 	conns  map[*conn]struct{}
 	down   chan struct{} // closed when killed or shut down
 	killed atomic.Bool   // down by Kill: dials to it time out
+	// detached: the node's link is down for now (see Detach).
+	detached atomic.Bool
 }
+
+// Detach takes the node's link down until Attach: it sends and receives no
+// packets and dials from and to it are refused. A simulation uses it to let
+// a node set up its state before anyone can reach it.
+func (t *Transport) Detach() { t.detached.Store(true) }
+
+// Attach brings the node's link back up.
+func (t *Transport) Attach() { t.detached.Store(false) }
 
 var _ memberlist.NodeAwareTransport = (*Transport)(nil)
 
@@ -344,6 +354,10 @@ func (t *Transport) WriteTo(b []byte, addr string) (time.Time, error) {
 	if t.isDown() {
 		return now, nil // a crashed host sends nothing
 	}
+	if t.detached.Load() {
+		t.c.packetsLost.Add(1)
+		return now, nil
+	}
 	t.c.packetsOut.Add(1)
 	t.c.bytesOut.Add(uint64(len(b)))
 	t.net.send(t, b, addr)
@@ -364,7 +378,7 @@ func (t *Transport) StreamCh() <-chan net.Conn { return t.streams }
 // receive queues a packet for memberlist, or drops it if the queue is full
 // or this node is down.
 func (t *Transport) receive(p *memberlist.Packet) {
-	if t.isDown() {
+	if t.isDown() || t.detached.Load() {
 		return
 	}
 	p.Timestamp = time.Now()
@@ -388,7 +402,7 @@ func (t *Transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, e
 	dst := t.net.nodes[addr]
 	latency := t.net.cfg.Latency
 	t.net.mu.Unlock()
-	if dst == nil {
+	if dst == nil || dst.detached.Load() || t.detached.Load() {
 		return nil, fmt.Errorf("memnet: dial %s: %w", addr, ErrUnreachable)
 	}
 	deadline := time.NewTimer(timeout)

@@ -73,6 +73,20 @@ func TestPacketDelivery(t *testing.T) {
 	if ca.PacketsOut != 2 || ca.PacketsLost != 1 || ca.BytesOut != 5 || cb.PacketsIn != 1 || cb.BytesIn != 4 {
 		t.Fatalf("counters a=%+v b=%+v", ca, cb)
 	}
+	// A detached node neither sends nor receives until attached.
+	b.Detach()
+	_, _ = a.WriteTo([]byte("lost"), b.Addr())
+	_, _ = b.WriteTo([]byte("lost"), a.Addr())
+	noPacket(t, a, 20*time.Millisecond)
+	noPacket(t, b, 20*time.Millisecond)
+	if _, err := a.DialTimeout(b.Addr(), time.Second); !errors.Is(err, ErrUnreachable) {
+		t.Fatalf("dial to a detached node: %v, want %v", err, ErrUnreachable)
+	}
+	b.Attach()
+	_, _ = a.WriteTo([]byte("back"), b.Addr())
+	if p := recv(t, b, time.Second); string(p.Buf) != "back" {
+		t.Fatalf("after Attach b got %q", p.Buf)
+	}
 	if _, err := n.Transport(a.Addr()); err == nil {
 		t.Fatal("a second transport on a taken address was made")
 	}
