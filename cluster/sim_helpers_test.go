@@ -232,19 +232,27 @@ func (s *sim) converge(bound time.Duration, what string) time.Duration {
 	s.tb.Helper()
 	nodes := s.alive()
 	next := 0
+	start, logged := time.Now(), time.Now()
 	return poll.Until(s.tb, bound, what, func() (bool, string) {
-		for ; next < len(nodes); next++ {
-			n := nodes[next]
-			if m := len(n.c.Members()); m != len(nodes) {
-				return false, fmt.Sprintf("%d of %d nodes done; %s has %d of %d members", next, len(nodes), n.name, m, len(nodes))
-			}
-			for _, v := range n.vnis {
-				if ok, why := s.complete(n, v); !ok {
-					return false, fmt.Sprintf("%d of %d nodes done; %s", next, len(nodes), why)
+		why := func() string {
+			for ; next < len(nodes); next++ {
+				n := nodes[next]
+				if m := len(n.c.Members()); m != len(nodes) {
+					return fmt.Sprintf("%d of %d nodes done; %s has %d of %d members", next, len(nodes), n.name, m, len(nodes))
+				}
+				for _, v := range n.vnis {
+					if ok, why := s.complete(n, v); !ok {
+						return fmt.Sprintf("%d of %d nodes done; %s", next, len(nodes), why)
+					}
 				}
 			}
+			return ""
+		}()
+		if why != "" && time.Since(logged) > 30*time.Second {
+			s.tb.Logf("%s: after %v: %s", what, time.Since(start).Round(time.Second), why)
+			logged = time.Now()
 		}
-		return true, ""
+		return why == "", why
 	})
 }
 

@@ -46,6 +46,11 @@ func runSim(tb testing.TB, p simParams) {
 	s.converge(p.formBound, "formation: every node lists every member and every endpoint of its networks")
 	formation := time.Since(start)
 	s.report(formation.Seconds(), "formation-s")
+	for _, n := range s.nodes {
+		if tr := n.c.Traffic(); tr.MessagesOut == 0 || tr.MessagesIn == 0 {
+			tb.Fatalf("%s: Traffic %+v counts nothing on a memnet transport", n.name, tr)
+		}
+	}
 	var eps int
 	for _, w := range s.want {
 		eps += len(w)
