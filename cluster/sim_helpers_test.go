@@ -44,6 +44,7 @@ type simParams struct {
 	settle     time.Duration // quiet time after formation and between phases
 	formBound  time.Duration // bound of formation
 	waitBound  time.Duration // bound of each propagation wait
+	lossBound  time.Duration // wait for an add under loss before it counts as late
 	repairWait time.Duration // bound for every record to arrive after the loss phase
 }
 
@@ -385,13 +386,13 @@ func (s *sim) addLatencies(samples int, soft bool) (all, each []time.Duration, l
 		what := fmt.Sprintf("endpoint added on %s known on every node of VNI %d", n.name, v)
 		if !soft {
 			s.await(ws, s.p.waitBound, what)
-		} else if !s.within(s.p.waitBound, s.held(ws)) {
-			s.tb.Logf("late: %s after %v", what, s.p.waitBound)
+		} else if !s.within(s.p.lossBound, s.held(ws)) {
+			s.tb.Logf("late: %s after %v", what, s.p.lossBound)
 			late++
 		}
 		var last time.Duration
 		for _, w := range ws {
-			d := s.p.waitBound
+			d := s.p.lossBound
 			if at, ok := w.done(); ok {
 				d = at.Sub(start)
 			}

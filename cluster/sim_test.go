@@ -176,7 +176,7 @@ func TestSimulation100(t *testing.T) {
 		nodes: 100, networks: 50, netsPerNode: 10, epsPerNode: 20,
 		dead: DefaultDeadTimeout, latency: time.Millisecond, jitter: time.Millisecond, loss: 0.01,
 		batch: 50, samples: 10, burst: 10, burstSpan: time.Second, idle: time.Second, settle: 500 * time.Millisecond,
-		formBound: 2 * time.Minute, waitBound: 20 * time.Second, repairWait: 2 * time.Minute,
+		formBound: 2 * time.Minute, waitBound: 20 * time.Second, lossBound: 5 * time.Second, repairWait: 2 * time.Minute,
 	})
 }
 
@@ -194,7 +194,7 @@ func BenchmarkSimulation(b *testing.B) {
 					nodes: n, networks: n / 2, netsPerNode: 10, epsPerNode: 100,
 					dead: DefaultDeadTimeout, latency: time.Millisecond, jitter: time.Millisecond, loss: 0.01,
 					batch: 50, samples: 100, burst: 100, burstSpan: 10 * time.Second, idle: 20 * time.Second, settle: 5 * time.Second,
-					formBound: 10 * time.Minute, waitBound: 60 * time.Second, repairWait: 5 * time.Minute,
+					formBound: 10 * time.Minute, waitBound: 60 * time.Second, lossBound: 5 * time.Second, repairWait: 5 * time.Minute,
 				})
 			}
 		})
