@@ -160,7 +160,9 @@ func (c *countingConn) Write(b []byte) (int, error) {
 }
 
 // createMemberlist starts memberlist on a counting transport around the UDP
-// and TCP one it would make itself (unless Tune gave it another).
+// and TCP one it would make itself, or around the one Tune gave it (a
+// plain, not node-aware Transport is left to memberlist's own wrapping and
+// not counted).
 func (c *Cluster) createMemberlist(mc *memberlist.Config) (*memberlist.Memberlist, error) {
 	if mc.Transport == nil {
 		nt, err := memberlist.NewNetTransport(&memberlist.NetTransportConfig{
@@ -169,6 +171,9 @@ func (c *Cluster) createMemberlist(mc *memberlist.Config) (*memberlist.Memberlis
 		if err != nil {
 			return nil, err
 		}
+		mc.Transport = nt
+	}
+	if nt, ok := mc.Transport.(memberlist.NodeAwareTransport); ok {
 		mc.Transport = newCountingTransport(nt, &c.traffic)
 	}
 	ml, err := memberlist.Create(mc)
