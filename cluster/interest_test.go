@@ -2,9 +2,13 @@ package cluster
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
+	"github.com/hashicorp/memberlist"
+
+	"github.com/vxovl/vxovl/internal/memnet"
 	"github.com/vxovl/vxovl/internal/testutil/poll"
 )
 
@@ -181,4 +185,47 @@ func TestNetworkSyncRepairsAMissedRecord(t *testing.T) {
 		t.Errorf("b got the endpoint back without a network sync")
 	}
 	t.Logf("repaired after %v", d)
+}
+
+// A record whose send is lost is sent again until acked, long before any
+// network sync: loss costs a repeat, not a sync interval.
+func TestLostSendIsRepeated(t *testing.T) {
+	mn := memnet.New(memnet.Config{Latency: time.Millisecond})
+	t.Cleanup(mn.Close)
+	start := func(i int, peers ...string) *Cluster {
+		ip, addr := simAddr(i)
+		tr, err := mn.Transport(addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c, err := New(Config{
+			NodeName: fmt.Sprintf("m%d", i), BindAddr: ip.String(), BindPort: simPort, AdvertiseAddr: ip,
+			Peers: peers, Logger: discardLogger(), NetworkSyncInterval: time.Hour,
+			Tune: func(mc *memberlist.Config) { mc.Transport = tr },
+		}, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Shutdown() })
+		haveNets(t, c, 7)
+		return c
+	}
+	_, aAddr := simAddr(0)
+	a := start(0)
+	b := start(1, aAddr)
+	poll.True(t, 5*time.Second, "a and b have each other's network", func() bool {
+		return len(a.Networks()) == 2 && len(b.Networks()) == 2
+	})
+	mn.SetLoss(1)
+	sent := a.Stats().PushesSent
+	if _, err := a.PublishEndpoint(testEP(7, "ea", 2)); err != nil {
+		t.Fatal(err)
+	}
+	poll.True(t, time.Second, "a sent its endpoint into the loss", func() bool { return a.Stats().PushesSent > sent })
+	mn.SetLoss(0)
+	d := poll.True(t, 5*time.Second, "b gets the endpoint", func() bool { return hasEP(b, 7, "m0", "ea") })
+	if s := a.Stats(); s.PushesRetried == 0 {
+		t.Errorf("b got the endpoint without a repeat: %+v", s)
+	}
+	t.Logf("b had the endpoint %v after the loss ended (repeats %d)", d, a.Stats().PushesRetried)
 }
