@@ -112,6 +112,7 @@ func sameNetwork(a, b Network) bool {
 type networkIndex struct {
 	self      string
 	byVNI     map[uint32]map[string]*Network
+	own       map[uint32]struct{} // the VNIs this node defines
 	conflicts uint64
 	// onConflict, if set, is told about each remote definition that
 	// disagrees with ours, when either arrives.
@@ -123,7 +124,7 @@ type networkIndex struct {
 }
 
 func newNetworkIndex(self string) *networkIndex {
-	return &networkIndex{self: self, byVNI: map[uint32]map[string]*Network{}}
+	return &networkIndex{self: self, byVNI: map[uint32]map[string]*Network{}, own: map[uint32]struct{}{}}
 }
 
 func (x *networkIndex) add(owner string, val any) {
@@ -134,6 +135,9 @@ func (x *networkIndex) add(owner string, val any) {
 		x.byVNI[nw.VNI] = m
 	}
 	m[owner] = nw
+	if owner == x.self {
+		x.own[nw.VNI] = struct{}{}
+	}
 	if owner != x.self && m[x.self] != nil && x.onHolder != nil {
 		x.onHolder(owner, nw.VNI)
 	}
@@ -157,6 +161,9 @@ func (x *networkIndex) conflict(ours, theirs Network) {
 
 func (x *networkIndex) remove(owner string, val any) {
 	nw := val.(*Network)
+	if owner == x.self {
+		delete(x.own, nw.VNI)
+	}
 	if m := x.byVNI[nw.VNI]; m != nil {
 		delete(m, owner)
 		if len(m) == 0 {
@@ -194,7 +201,7 @@ func (x *networkIndex) remote(vni uint32) []Network {
 }
 
 // has reports whether this node defines the network.
-func (x *networkIndex) has(vni uint32) bool { return x.byVNI[vni][x.self] != nil }
+func (x *networkIndex) has(vni uint32) bool { _, ok := x.own[vni]; return ok }
 
 // holders returns the live remote nodes that define the network.
 func (x *networkIndex) holders(vni uint32) []string {
@@ -210,11 +217,9 @@ func (x *networkIndex) holders(vni uint32) []string {
 
 // ours returns the networks this node defines.
 func (x *networkIndex) ours() []uint32 {
-	var out []uint32
-	for vni, m := range x.byVNI {
-		if m[x.self] != nil {
-			out = append(out, vni)
-		}
+	out := make([]uint32, 0, len(x.own))
+	for vni := range x.own {
+		out = append(out, vni)
 	}
 	slices.Sort(out)
 	return out

@@ -378,11 +378,13 @@ func (t *table) snapshot(clock uint64, flags byte, cv cover, ownOnly bool) state
 		m.Networks = append(m.Networks, vni)
 	}
 	slices.Sort(m.Networks)
-	for name, o := range t.owners {
-		if ownOnly && name != t.self {
-			continue
-		}
-		if name != t.self && !t.alive[name] {
+	owners := t.owners
+	if ownOnly {
+		// Most states are a node's own: do not walk every owner for them.
+		owners = map[string]*ownerState{t.self: t.owners[t.self]}
+	}
+	for name, o := range owners {
+		if o == nil || name != t.self && !t.alive[name] {
 			continue
 		}
 		g := ownerRecords{Owner: name}
