@@ -155,6 +155,42 @@ func TestTableInterest(t *testing.T) {
 	if _, ok := tb.owners["a"].floors[7]; ok || len(ch[kindEndpoint]) != 1 {
 		t.Fatalf("after dropping network 7: floors %v, changes %v", tb.owners["a"].floors, ch)
 	}
+	checkByNet(t, tb.table)
+	tb.put("a", epItem(t, "a", 7, "e7c", "10.0.0.4", 4, 120), srcRelay, nil)
+	tb.put("a", epDel(7, "e7c", 121), srcRelay, nil)
+	tb.now = func() time.Time { return time.Now().Add(2 * tb.ttl) }
+	tb.gc(nil)
+	checkByNet(t, tb.table)
+	tb.put("a", epItem(t, "a", 7, "e7d", "10.0.0.5", 5, 130), srcRelay, nil)
+	checkByNet(t, tb.table)
+	tb.setAlive("a", false, nil)
+	checkByNet(t, tb.table)
+}
+
+// checkByNet checks that the table's network index lists exactly the
+// network-scoped records it holds.
+func checkByNet(t *testing.T, tb *table) {
+	t.Helper()
+	want := map[uint32]int{}
+	for name, o := range tb.owners {
+		for k := range o.recs {
+			if vni := tb.networkOf(k); vni != 0 {
+				want[vni]++
+				if _, ok := tb.byNet[vni][name][k]; !ok {
+					t.Fatalf("%s's %v is not in the network index", name, k)
+				}
+			}
+		}
+	}
+	for vni, owners := range tb.byNet {
+		n := 0
+		for _, keys := range owners {
+			n += len(keys)
+		}
+		if n != want[vni] || n == 0 {
+			t.Fatalf("network index holds %d records of VNI %d, the table %d", n, vni, want[vni])
+		}
+	}
 }
 
 // A record a node missed for good (its send and every repeat lost) comes

@@ -39,6 +39,9 @@ type table struct {
 
 	owners map[string]*ownerState
 	alive  map[string]bool
+	// byNet indexes the records of network-scoped kinds by network and
+	// owner, so that a network's state does not walk every record held.
+	byNet map[uint32]map[string]map[recKey]struct{}
 
 	st tableStats
 }
@@ -117,6 +120,7 @@ func newTable(self string, ttl time.Duration, kinds *registry, interested func(v
 		interested: interested,
 		owners:     map[string]*ownerState{},
 		alive:      map[string]bool{self: true},
+		byNet:      map[uint32]map[string]map[recKey]struct{}{},
 	}
 }
 
@@ -131,6 +135,40 @@ func (t *table) owner(name string) *ownerState {
 
 // networkOf returns the network a record is scoped to, 0 for none.
 func (t *table) networkOf(k recKey) uint32 { return t.kinds.get(k.kind).networkOf(k.key) }
+
+// stored and dropped keep byNet in step with the owners' records.
+func (t *table) stored(owner string, k recKey) {
+	vni := t.networkOf(k)
+	if vni == 0 {
+		return
+	}
+	m := t.byNet[vni]
+	if m == nil {
+		m = map[string]map[recKey]struct{}{}
+		t.byNet[vni] = m
+	}
+	keys := m[owner]
+	if keys == nil {
+		keys = map[recKey]struct{}{}
+		m[owner] = keys
+	}
+	keys[k] = struct{}{}
+}
+
+func (t *table) dropped(owner string, k recKey) {
+	vni := t.networkOf(k)
+	if vni == 0 {
+		return
+	}
+	keys := t.byNet[vni][owner]
+	delete(keys, k)
+	if len(keys) == 0 {
+		delete(t.byNet[vni], owner)
+		if len(t.byNet[vni]) == 0 {
+			delete(t.byNet, vni)
+		}
+	}
+}
 
 // raiseFloor raises an owner's floor in one network (0: none) to v.
 func (o *ownerState) raiseFloor(vni uint32, v uint64) {
@@ -181,6 +219,7 @@ func (t *table) remove(owner string, k recKey, ch *changes) {
 	}
 	t.unindex(owner, k, o.recs[k])
 	delete(o.recs, k)
+	t.dropped(owner, k)
 	t.touched(ch, k)
 }
 
@@ -243,6 +282,7 @@ func (t *table) put(owner string, it item, src source, ch *changes) result {
 	} else {
 		e = &entry{}
 		o.recs[k] = e
+		t.stored(owner, k)
 	}
 	*e = entry{version: it.w.Version, deleted: it.w.Deleted, value: it.w.Value, val: it.val}
 	if e.deleted {
@@ -302,15 +342,15 @@ func (t *table) applyState(sender string, clock uint64, cv cover, groups map[str
 // has, and the floors that guarded them: if the node takes the network up
 // again, the owners' states bring it back up to date.
 func (t *table) dropNetwork(vni uint32, ch *changes) {
-	for name, o := range t.owners {
+	for name, keys := range t.byNet[vni] {
 		if name == t.self {
 			continue
 		}
-		for k := range o.recs {
-			if t.networkOf(k) == vni {
-				t.remove(name, k, ch)
-			}
+		for k := range keys {
+			t.remove(name, k, ch)
 		}
+	}
+	for _, o := range t.owners {
 		delete(o.floors, vni)
 	}
 }
@@ -319,10 +359,11 @@ func (t *table) dropNetwork(vni uint32, ch *changes) {
 // deleted version stays dead.
 func (t *table) gc(ch *changes) {
 	cut := t.now().Add(-t.ttl)
-	for _, o := range t.owners {
+	for name, o := range t.owners {
 		for k, e := range o.recs {
 			if e.deleted && e.since.Before(cut) {
 				delete(o.recs, k)
+				t.dropped(name, k)
 				o.raiseFloor(t.networkOf(k), e.version)
 				t.st.tombstonesGCed++
 				t.touched(ch, k)
@@ -378,24 +419,49 @@ func (t *table) snapshot(clock uint64, flags byte, cv cover, ownOnly bool) state
 		m.Networks = append(m.Networks, vni)
 	}
 	slices.Sort(m.Networks)
-	owners := t.owners
-	if ownOnly {
-		// Most states are a node's own: do not walk every owner for them.
-		owners = map[string]*ownerState{t.self: t.owners[t.self]}
-	}
-	for name, o := range owners {
-		if o == nil || name != t.self && !t.alive[name] {
-			continue
+	groups := map[string]*ownerRecords{}
+	add := func(name string, k recKey, e *entry) {
+		g := groups[name]
+		if g == nil {
+			g = &ownerRecords{Owner: name}
+			groups[name] = g
 		}
-		g := ownerRecords{Owner: name}
-		for k, e := range o.recs {
-			if cv.has(t.networkOf(k)) {
-				g.Recs = append(g.Recs, wireRecord{Kind: k.kind, Key: k.key, Version: e.version, Deleted: e.deleted, Value: e.value})
+		g.Recs = append(g.Recs, wireRecord{Kind: k.kind, Key: k.key, Version: e.version, Deleted: e.deleted, Value: e.value})
+	}
+	wanted := func(name string) bool { return (!ownOnly || name == t.self) && (name == t.self || t.alive[name]) }
+	if cv.cluster {
+		owners := t.owners
+		if ownOnly {
+			// Most states are a node's own: do not walk every owner for them.
+			owners = map[string]*ownerState{t.self: t.owners[t.self]}
+		}
+		for name, o := range owners {
+			if o == nil || !wanted(name) {
+				continue
+			}
+			for k, e := range o.recs {
+				if t.networkOf(k) == 0 {
+					add(name, k, e)
+				}
 			}
 		}
-		if len(g.Recs) > 0 || name == t.self {
-			m.Owners = append(m.Owners, g)
+	}
+	for vni := range cv.nets {
+		for name, keys := range t.byNet[vni] {
+			if !wanted(name) {
+				continue
+			}
+			o := t.owners[name]
+			for k := range keys {
+				add(name, k, o.recs[k])
+			}
 		}
+	}
+	if groups[t.self] == nil {
+		groups[t.self] = &ownerRecords{Owner: t.self}
+	}
+	for _, g := range groups {
+		m.Owners = append(m.Owners, *g)
 	}
 	return m
 }
