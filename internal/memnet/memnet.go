@@ -54,10 +54,16 @@ var ErrUnreachable = errors.New("memnet: connection refused")
 
 // Network connects the Transports made from it.
 type Network struct {
+	// nodesMu guards nodes apart from mu: every dial and packet looks a
+	// node up, and one lock for both stalled 1,000 nodes' dials behind the
+	// packets (thousands of goroutines queued on it).
+	nodesMu sync.RWMutex
+	nodes   map[string]*Transport
+	latency atomic.Int64 // cfg.Latency, for dials without mu
+
 	mu      sync.Mutex // guards everything below but the counters
 	cfg     Config
 	rng     *rand.Rand
-	nodes   map[string]*Transport
 	pending packetHeap
 	seq     uint64
 	closed  bool
@@ -76,6 +82,7 @@ func New(cfg Config) *Network {
 		wake:  make(chan struct{}, 1),
 		done:  make(chan struct{}),
 	}
+	n.latency.Store(int64(cfg.Latency))
 	n.wg.Add(1)
 	go n.deliverLoop()
 	return n
@@ -85,6 +92,7 @@ func New(cfg Config) *Network {
 func (n *Network) SetLatency(fixed, jitter time.Duration) {
 	n.mu.Lock()
 	n.cfg.Latency, n.cfg.Jitter = fixed, jitter
+	n.latency.Store(int64(fixed))
 	n.mu.Unlock()
 }
 
@@ -108,6 +116,8 @@ func (n *Network) Transport(addr string) (*Transport, error) {
 	if n.closed {
 		return nil, errors.New("memnet: network closed")
 	}
+	n.nodesMu.Lock()
+	defer n.nodesMu.Unlock()
 	if _, ok := n.nodes[key]; ok {
 		return nil, fmt.Errorf("memnet: address %s is taken", key)
 	}
@@ -131,9 +141,9 @@ func (n *Network) Kill(addr string) {
 	if ap, err := netip.ParseAddrPort(addr); err == nil {
 		addr = ap.String()
 	}
-	n.mu.Lock()
+	n.nodesMu.RLock()
 	t := n.nodes[addr]
-	n.mu.Unlock()
+	n.nodesMu.RUnlock()
 	if t != nil {
 		t.stop(true)
 	}
@@ -141,8 +151,8 @@ func (n *Network) Kill(addr string) {
 
 // Totals sums the counters of every transport, shut down ones included.
 func (n *Network) Totals() Counters {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.nodesMu.RLock()
+	defer n.nodesMu.RUnlock()
 	var c Counters
 	for _, t := range n.nodes {
 		c.add(t.Counters())
@@ -160,11 +170,13 @@ func (n *Network) Close() {
 	}
 	n.closed = true
 	n.pending = nil
+	n.mu.Unlock()
+	n.nodesMu.RLock()
 	nodes := make([]*Transport, 0, len(n.nodes))
 	for _, t := range n.nodes {
 		nodes = append(nodes, t)
 	}
-	n.mu.Unlock()
+	n.nodesMu.RUnlock()
 	for _, t := range nodes {
 		t.stop(false)
 	}
@@ -174,8 +186,10 @@ func (n *Network) Close() {
 
 // send queues one packet from src to the node at addr, or loses it.
 func (n *Network) send(src *Transport, b []byte, addr string) {
-	n.mu.Lock()
+	n.nodesMu.RLock()
 	dst := n.nodes[addr]
+	n.nodesMu.RUnlock()
+	n.mu.Lock()
 	if n.closed || dst == nil || dst.isDown() || dst.detached.Load() || n.cfg.Loss > 0 && n.rng.Float64() < n.cfg.Loss {
 		n.mu.Unlock()
 		src.c.packetsLost.Add(1)
@@ -398,10 +412,10 @@ func (t *Transport) DialTimeout(addr string, timeout time.Duration) (net.Conn, e
 	if t.isDown() {
 		return nil, fmt.Errorf("memnet: dial %s from %s: %w", addr, t.addr, net.ErrClosed)
 	}
-	t.net.mu.Lock()
+	t.net.nodesMu.RLock()
 	dst := t.net.nodes[addr]
-	latency := t.net.cfg.Latency
-	t.net.mu.Unlock()
+	t.net.nodesMu.RUnlock()
+	latency := time.Duration(t.net.latency.Load())
 	if dst == nil || dst.detached.Load() || t.detached.Load() {
 		return nil, fmt.Errorf("memnet: dial %s: %w", addr, ErrUnreachable)
 	}
