@@ -187,7 +187,7 @@ func TestSimulation100(t *testing.T) {
 //
 //	go test ./cluster -run XXX -bench Simulation/nodes=100 -benchtime 1x
 func BenchmarkSimulation(b *testing.B) {
-	for _, n := range []int{100, 500, 1000} {
+	for _, n := range []int{100, 250, 1000} {
 		b.Run(fmt.Sprintf("nodes=%d", n), func(b *testing.B) {
 			for range b.N {
 				runSim(b, simParams{
@@ -205,11 +205,12 @@ func BenchmarkSimulation(b *testing.B) {
 // memberlist instances probing every 714 ms (the default 10 s) keep two
 // shared cores so busy that acks come late, nodes are falsely declared
 // dead and formation never settles past ~300 nodes; real hosts have a CPU
-// each. With 30 s (a probe every 2.1 s) 500 nodes form; 1,000 still do not
-// on two cores (1,434 suspicions open at 550 nodes). The target is
-// relative to it: records gone within DeadTimeout + 2 s.
+// each. With 30 s (a probe every 2.1 s) 250 nodes form and stay formed;
+// 500 and 1,000 do not on two cores (1,434 suspicions open at 550 nodes,
+// membership falling from 476 to 384 of 500). The target is relative to
+// it: records gone within DeadTimeout + 2 s.
 func simDeadTimeout(n int) time.Duration {
-	if n >= 500 {
+	if n >= 250 {
 		return 30 * time.Second
 	}
 	return DefaultDeadTimeout
