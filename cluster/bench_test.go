@@ -86,6 +86,16 @@ func BenchmarkPropagation(b *testing.B) {
 					}
 					time.Sleep(50 * time.Millisecond)
 				}
+				// Every node must know every other's networks (which is what
+				// makes it an audience) before an add is timed.
+				poll.True(b, 60*time.Second, "every node knows every network definition", func() bool {
+					for _, c := range nodes {
+						if len(c.Networks()) != n*len(vnis) {
+							return false
+						}
+					}
+					return true
+				})
 				var all, each []time.Duration
 				for s := range samples {
 					vni := uint32(1000 + s)
