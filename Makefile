@@ -106,11 +106,12 @@ bench-run-latency: deps plugin
 bench-rss: deps plugin
 	VXOVL_E2E=1 VXOVL_BENCH=1 $(GO) test -count=1 -v -timeout 30m -run '^TestPluginRSS$$' ./tests/e2e/
 
-# 100 and 1,000 real cluster nodes in one process on an in-memory network (internal/memnet):
-# propagation, messages per change, failure detection, a joiner's catch-up, loss, idle CPU.
-# The 1,000-node run takes about 15 minutes and a few GiB of memory.
+# 100 and 250 real cluster nodes in one process on an in-memory network (internal/memnet):
+# propagation, messages per change, failure detection, a joiner's catch-up, loss, idle CPU
+# (about 3 minutes). SIM_NODES=1000 needs more than two cores and about 16 GiB.
+SIM_NODES ?= 100|250
 bench-sim:
-	$(GO) test -count=1 -v -timeout 90m -run XXX -bench 'Simulation' -benchtime 1x ./cluster/
+	VXOVL_SIM_MAX_HEAP_GB=16 $(GO) test -count=1 -v -timeout 90m -run XXX -bench 'Simulation/nodes=($(SIM_NODES))$$' -benchtime 1x ./cluster/
 
 lab-up: deps plugin
 	examples/lab/lab.sh up $(N)
