@@ -31,6 +31,18 @@ func TestWireRoundTrip(t *testing.T) {
 		len(gm.Owners[0].Recs) != 2 || !gm.Owners[0].Recs[1].Deleted {
 		t.Fatalf("state round trip: %+v %v", gm, err)
 	}
+	m.Flags, m.Networks = stateHello|stateNoCluster, []uint32{7, 4242}
+	gm, err = decodeState(encodeState(m)[1:])
+	if err != nil || gm.Flags != stateHello|stateNoCluster || !slices.Equal(gm.Networks, []uint32{7, 4242}) {
+		t.Fatalf("state with networks round trip: %+v %v", gm, err)
+	}
+	if _, err := decodeState(encodeState(stateMsg{Sender: "a", Networks: []uint32{0}})[1:]); err == nil {
+		t.Fatal("a state covering VNI 0 decoded")
+	}
+	am, err := decodeAck(encodeAck(ackMsg{From: "b", Kind: "ep", Key: "7/abc", Version: 42})[1:])
+	if err != nil || am.From != "b" || am.Key != "7/abc" || am.Version != 42 {
+		t.Fatalf("ack round trip: %+v %v", am, err)
+	}
 	db := encodeDirect(directMsg{From: "a", Kind: "ipam", Payload: []byte("hi")})
 	dm, err := decodeDirect(db[1:])
 	if err != nil || dm.From != "a" || string(dm.Payload) != "hi" {
@@ -95,11 +107,15 @@ func FuzzDecode(f *testing.F) {
 	f.Add(encodeRecord("a", wireRecord{Kind: kindNetwork, Key: "7", Version: 6, Value: encodeNetworkValue(Network{Subnet: "10.0.0.0/24", MTU: 1450})}))
 	f.Add(encodeState(stateMsg{Sender: "a", Clock: 9, Owners: []ownerRecords{{Owner: "a", Recs: []wireRecord{rec}}, {Owner: "b", Recs: []wireRecord{rec}}}}))
 	f.Add(encodeDirect(directMsg{From: "a", Kind: "k", Payload: []byte("x")}))
+	f.Add(encodeState(stateMsg{Sender: "b", Clock: 9, Flags: stateNoCluster | stateHello, Networks: []uint32{7, 8},
+		Owners: []ownerRecords{{Owner: "b", Recs: []wireRecord{withNames}}}}))
+	f.Add(encodeAck(ackMsg{From: "b", Kind: kindEndpoint, Key: "7/e1", Version: 5}))
 	f.Add([]byte{})
 	f.Add([]byte{msgState, 1, 'a', 0, 0, 0xff, 0xff, 0xff, 0xff, 0x0f})
 	f.Add([]byte{msgRecord, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01})
 	f.Fuzz(func(t *testing.T, b []byte) {
 		c := newTestCluster("self")
+		haveNets(t, c, 7)
 		c.t.setAlive("a", true, nil)
 		c.t.setAlive("b", true, nil)
 		(*delegate)(c).NotifyMsg(b)
