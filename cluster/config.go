@@ -48,8 +48,8 @@ type Config struct {
 
 	// TombstoneTTL is how long a withdrawal is remembered. It must outlast
 	// the longest time a stale copy of the record can still circulate
-	// (gossip retransmits take seconds, push/pull anti-entropy runs every
-	// 30s or more), so a late message cannot resurrect the record; after
+	// (repeated sends take seconds, full-state syncs run every 30s or
+	// more), so a late message cannot resurrect the record; after
 	// the TTL the owner's version floor keeps blocking older copies.
 	// Default 10 minutes.
 	TombstoneTTL time.Duration
