@@ -300,12 +300,24 @@ import_images() {
 # ---------------------------------------------------------------------------------------------
 # up
 
+# drop_stale_pidfile FILE: a killed dockerd (or its containerd) leaves its pid file, and until
+# it is reaped the zombie's PID looks alive: the next dockerd refuses to start ("pid file
+# found") or waits for a containerd that is gone. Drop the file unless that process runs.
+drop_stale_pidfile() {
+	local state
+	[ -f "$1" ] || return 0
+	state=$(sed -n 's/^.*) \(.\).*$/\1/p' "/proc/$(cat "$1")/stat" 2>/dev/null || true)
+	case $state in "" | Z) rm -f "$1" ;; esac
+}
+
 start_dockerd() {
 	local i=$1 d ns regflag=""
 	shift
 	d=$(hostdir "$i")
 	ns=$(hostns "$i")
 	mkdir -p "$d/data" "$d/exec" "$d/state" "$d/netns" "$d/etc-docker/plugins" "$d/run"
+	drop_stale_pidfile "$d/pid"
+	drop_stale_pidfile "$d/exec/containerd/containerd.pid"
 	# The host's own /run/docker/plugins (plugin sockets, fifos) outlives a dockerd restart, as
 	# on a real host: --live-restore reattaches to the running plugin through it.
 	mkdir -p -m 0700 "$d/run-plugins"

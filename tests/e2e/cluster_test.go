@@ -278,9 +278,20 @@ func TestCluster(t *testing.T) {
 		// next to a surviving containerd cannot restore its plugin (its fifos lived in the dead
 		// dockerd's mount namespace) and Docker 20.10 then panics: that is the lab, not vxovl.
 		l.mhKillHost(t, 3)
+		// The killed dockerd can take a moment to finish exiting (its PID still holds the pid
+		// file, and the next dockerd refuses to start while it does).
+		poll.Until(t, 20*time.Second, "host 3's killed dockerd gone", func() (bool, string) {
+			b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", dockerd))
+			if err != nil {
+				return true, ""
+			}
+			f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+			return len(f) > 0 && f[0] == "Z", string(b)
+		})
 		start := time.Now()
 		if out, err := l.run(nil, "start-host", "3"); err != nil {
-			t.Fatalf("lab start-host 3: %v\n%s", err, out)
+			log, _ := exec.Command("tail", "-4", filepath.Join(l.Dir, "h3", "dockerd.log")).CombinedOutput()
+			t.Fatalf("lab start-host 3: %v\n%s\ndockerd.log:\n%s", err, out, log)
 		}
 		t.Logf("host 3 dockerd back in %v", time.Since(start).Round(time.Millisecond))
 		poll.Until(t, 30*time.Second, "c3 restarted by its restart policy", func() (bool, string) {
