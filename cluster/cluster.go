@@ -63,7 +63,7 @@ type Cluster struct {
 	pending  map[pushKey]*pendingPush
 	pushWake chan struct{} // a send now awaits an ack
 
-	alive atomic.Int32 // alive members including us, for the retransmit limit
+	alive atomic.Int32 // alive members including us (the join loop backs off while alone)
 
 	// memberlist's Members() hands out nodes it keeps mutating, so we keep
 	// our own copies, taken in the event callbacks under memberlist's lock.
