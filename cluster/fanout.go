@@ -149,7 +149,7 @@ func (c *Cluster) retryDue(now time.Time) {
 		if n != nil {
 			if vni := c.kinds.get(r.k.kind).networkOf(r.k.key); vni != 0 {
 				c.mu.Lock()
-				holds := c.nets.byVNI[vni][r.k.node] != nil
+				holds := c.nets.holds(r.k.node, vni)
 				c.mu.Unlock()
 				if !holds {
 					n = nil

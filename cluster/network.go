@@ -215,6 +215,20 @@ func (x *networkIndex) holders(vni uint32) []string {
 	return out
 }
 
+// holds reports whether node defines the network.
+func (x *networkIndex) holds(node string, vni uint32) bool { return x.byVNI[vni][node] != nil }
+
+// shared returns the networks this node defines that node defines too.
+func (x *networkIndex) shared(node string) []uint32 {
+	var out []uint32
+	for vni := range x.own {
+		if x.holds(node, vni) {
+			out = append(out, vni)
+		}
+	}
+	return out
+}
+
 // ours returns the networks this node defines.
 func (x *networkIndex) ours() []uint32 {
 	out := make([]uint32, 0, len(x.own))

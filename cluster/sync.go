@@ -143,7 +143,7 @@ func (c *Cluster) sendState(r stateReq) {
 		// that has the other's already need not ask for it, which halves
 		// the exchanges of a cluster forming.
 		var flags byte
-		if r.ask && (!r.join || !c.heardAllLocked(r.node, c.nets.ours())) {
+		if r.ask && (!r.join || !c.heardAllLocked(r.node)) {
 			flags = stateHello
 		}
 		// A fresh version as the snapshot clock: every later record is newer.
@@ -166,10 +166,8 @@ func (c *Cluster) sendState(r stateReq) {
 func (c *Cluster) coverForLocked(r stateReq) (cover, bool) {
 	cv := cover{cluster: r.join, nets: map[uint32]struct{}{}}
 	if r.join {
-		for _, vni := range c.nets.ours() {
-			if c.nets.byVNI[vni][r.node] != nil {
-				cv.nets[vni] = struct{}{}
-			}
+		for _, vni := range c.nets.shared(r.node) {
+			cv.nets[vni] = struct{}{}
 		}
 		return cv, true
 	}
@@ -255,13 +253,12 @@ func (c *Cluster) CaughtUp() bool {
 	others := 0
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	ours := c.nets.ours()
 	for _, m := range members {
 		if m.Name == c.self {
 			continue
 		}
 		others++
-		if !c.heardAllLocked(m.Name, ours) {
+		if !c.heardAllLocked(m.Name) {
 			return false
 		}
 	}
@@ -269,15 +266,15 @@ func (c *Cluster) CaughtUp() bool {
 }
 
 // heardAllLocked reports whether node's own records of no network, and of
-// each of ours (this node's networks) that it has, came in full states
-// since it joined. Needs c.mu.
-func (c *Cluster) heardAllLocked(node string, ours []uint32) bool {
+// each network both nodes have, came in full states since it joined.
+// Needs c.mu.
+func (c *Cluster) heardAllLocked(node string) bool {
 	h := c.heard[node]
 	if h == nil || !h.cluster {
 		return false
 	}
-	for _, vni := range ours {
-		if _, ok := h.nets[vni]; !ok && c.nets.byVNI[vni][node] != nil {
+	for _, vni := range c.nets.shared(node) {
+		if _, ok := h.nets[vni]; !ok {
 			return false
 		}
 	}
