@@ -20,7 +20,7 @@ WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
-RUN CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o /out/usr/bin/vxovl ./cmd/vxovl && \
+RUN CGO_ENABLED=0 go build -trimpath -ldflags '-s -w' -o /out/usr/bin/vxovl ./plugin && \
     mkdir -p /out/run/docker/plugins /out/run/vxovl /out/run/vxovl-netns /out/var/lib/vxovl /out/etc /out/tmp
 
 FROM scratch

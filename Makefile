@@ -25,14 +25,14 @@ all: build
 
 build:
 	$(GO) build ./...
-	$(GO) build -ldflags '$(LDFLAGS)' -o build/vxovl ./cmd/vxovl
+	$(GO) build -ldflags '$(LDFLAGS)' -o build/vxovl ./plugin
 
 # The managed plugin's directory, ready for `docker plugin create $(PLUGIN_NAME) $(PLUGIN_DIR)`.
 plugin:
 	rm -rf $(PLUGIN_DIR)
 	mkdir -p $(ROOTFS)/usr/bin $(ROOTFS)/run/docker/plugins $(ROOTFS)/run/vxovl $(ROOTFS)/run/vxovl-netns \
 		$(ROOTFS)/var/lib/vxovl $(ROOTFS)/proc $(ROOTFS)/sys $(ROOTFS)/dev $(ROOTFS)/etc $(ROOTFS)/tmp
-	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(ROOTFS)/usr/bin/vxovl ./cmd/vxovl
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '-s -w $(LDFLAGS)' -o $(ROOTFS)/usr/bin/vxovl ./plugin
 	cp config.json $(PLUGIN_DIR)/config.json
 
 # Installs only the packages that are missing (apt-get update first, and only then). A dockerd,

@@ -150,7 +150,7 @@ func setup(ctx context.Context, cfg Config, cfgErr error, log *slog.Logger) (htt
 		"peers", strings.Join(cfg.Peers, ","), "default_mtu", mtu, "netns_dir", cfg.NetnsDir)
 
 	met := metrics.New(version)
-	dp := dataplane.New(cfg.NetnsDir, cfg.NetnsFallbackDir, log.With("part", "kernel"))
+	dp := dataplane.New(cfg.NetnsDir, cfg.NetnsFallbackDir, log.With("part", "dataplane"))
 	// Encrypted networks key from GOSSIP_KEY; without it they are refused
 	// at create time, with the reason.
 	var ipsecSecret []byte
